@@ -1,0 +1,1 @@
+"""Machinery shared by every family: config checks, registries, data, devices, training, I/O."""

@@ -1,0 +1,71 @@
+"""Entry point: `python main.py --config=configs/<family>/<exp>.py[:variant] --workdir=DIR [--mode=...]`.
+
+Kept thin on purpose: it reads the config, lets the family validate it, saves the resolved config in
+the workdir and hands over to the family's `run(config, workdir, mode)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from common import errors, io, mesh
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, optionally with ':variant' (e.g. ':smoke').",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_MODE = flags.DEFINE_string("mode", "train", "What to run: train, eval or sample (family-specific).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-node GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def load_family(config):
+  """Imports the family package named by config.family (e.g. 'dpm')."""
+  name = config.get("family")
+  if not name:
+    raise errors.ConfigError("family is missing from the config: set config.family = '<package>'")
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name == name:
+      raise errors.ConfigError(f"family={name!r} is not a package of this codebase") from None
+    raise
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _MULTIHOST.value:
+    mesh.initialize_distributed()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  try:
+    family = load_family(config)
+    if hasattr(family, "validate"):
+      family.validate(config)
+    if mesh.is_main_process():
+      os.makedirs(workdir, exist_ok=True)
+      io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    family.run(config, workdir, _MODE.value)
+  except errors.USER_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run():
+  try:
+    app.run(main)
+  except (KeyError, AttributeError) as e:  # Unknown `--config.x=...` override raises during flag parsing.
+    print(f"error: bad config override: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()
