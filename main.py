@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from common import errors, io, mesh
+from common import errors, io, logs, mesh
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':variant' (e.g. ':smoke').",
@@ -41,6 +41,8 @@ def load_family(config):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.quiet_library_logs()
+  mesh.enable_compilation_cache()
   if _MULTIHOST.value:
     mesh.initialize_distributed()
   config = _CONFIG.value

@@ -53,3 +53,15 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
+
+
+def enable_compilation_cache(directory: str | None = None) -> None:
+  """Keeps compiled XLA programs on disk so a rerun (or resume) skips recompilation.
+
+  The directory is $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/jax-papers/xla.
+  """
+  import os
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # JAX reads the environment itself.
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  jax.config.update("jax_compilation_cache_dir", directory or os.path.join(base, "jax-papers", "xla"))

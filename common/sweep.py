@@ -1,0 +1,94 @@
+"""Sweeps are data: a config file's `get_sweep(arg=None)` returns a list of override dicts.
+
+  python -m common.sweep --config=configs/x.py[:variant] --workdir=runs/x_sweep [--print_only]
+
+runs `main.py` once per override dict, one after another, each in `workdir/<run name>`; with
+--print_only it prints the per-run commands instead (one line each), to hand to a cluster scheduler
+or to run on each host of a TPU pod (add --multihost there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+from absl import app, flags
+
+from common.errors import ConfigError
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_sweep(), optionally ':variant'.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+_PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
+_MODE = flags.DEFINE_string("mode", "train", "Passed to main.py --mode.")
+
+MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
+
+
+def load_sweep(config_arg: str) -> list[dict[str, Any]]:
+  """The override dicts of `path[:variant]`'s get_sweep()."""
+  path, _, variant = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  if spec is None or not os.path.exists(path):
+    raise ConfigError(f"--config={config_arg!r}: no such config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{path} defines no get_sweep(): it is not a sweep")
+  takes_arg = len(inspect.signature(module.get_sweep).parameters) > 0
+  sweep = module.get_sweep(variant or None) if takes_arg else module.get_sweep()
+  if not isinstance(sweep, list) or not all(isinstance(o, dict) for o in sweep):
+    raise ConfigError(f"{path}: get_sweep() must return a list of override dicts")
+  return sweep
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    return "(" + ",".join(_format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  """A readable, filesystem-safe name such as 'optim.lr=0.001,seed=1'."""
+  name = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(overrides.items())) or "base"
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def commands(config_arg: str, workdir: str, mode: str = "train") -> list[list[str]]:
+  out = []
+  for overrides in load_sweep(config_arg):
+    cmd = [sys.executable, MAIN, f"--config={config_arg}",
+           f"--workdir={os.path.join(workdir, run_name(overrides))}", f"--mode={mode}"]
+    cmd += [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()]
+    out.append(cmd)
+  return out
+
+
+def main(argv):
+  del argv
+  if not _CONFIG.value or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  try:
+    cmds = commands(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for i, cmd in enumerate(cmds):
+    line = shlex.join(cmd)
+    if _PRINT_ONLY.value:
+      print(line)
+      continue
+    print(f"[sweep {i + 1}/{len(cmds)}] {line}", flush=True)
+    result = subprocess.run(cmd, check=False)
+    if result.returncode:
+      print(f"[sweep] run {i + 1} failed with exit code {result.returncode}", file=sys.stderr)
+      sys.exit(result.returncode)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,53 @@
+"""Base config of the diffusion family; experiment configs override only what differs."""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.family = "dpm"
+  c.seed = 0
+
+  c.data = ConfigDict(dict(
+      name="mnist_5k",     # see common/data.py DATASETS
+      batch_size=128,      # global, over all devices and hosts
+      seed=0,
+      dequantize=False,    # True: uniform dequantisation; False: bin centres (as DDPM)
+      random_flip=False,
+      tfds_data_dir="",    # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+      image_size=32,       # synthetic and celeb_a only
+      channels=3,          # synthetic only
+  ))
+  c.diffusion = ConfigDict(dict(schedule="linear", num_steps=1000))
+  c.model = ConfigDict(dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
+                            attn_resolutions=(16,), dropout=0.1, num_groups=32))
+  c.optim = ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000, schedule="constant",
+                            b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+  c.train = ConfigDict(dict(num_steps=800_000, log_every=100, ckpt_every=10_000,
+                            eval_every=50_000, ema_decay=0.9999, keep_checkpoints=3,
+                            tensorboard=True))
+  c.sample = ConfigDict(dict(
+      num_samples=64,
+      num_steps=1000,      # K for --mode=sample
+      eval_steps=100,      # K for the sample grid written at each evaluation during training
+      trajectory="even",   # even | quad
+      form="ddpm",         # ddpm | ddim
+      variance="beta",     # beta | beta_tilde (DDPM form), ddim (DDIM form)
+      eta=0.0,
+      clip_denoised=True,
+      seed=1,
+  ))
+  c.eval = ConfigDict(dict(num_examples=10_000, batch_size=500))
+  return c
+
+
+def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
+  """Shrinks any dpm config to a seconds-long CPU run (tiny U-Net, few steps, small K)."""
+  c.model.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(image_size // 2,),
+                 dropout=0.1, num_groups=4)
+  c.data.batch_size = 16
+  c.optim.warmup_steps = 2
+  c.train.update(num_steps=6, log_every=2, ckpt_every=3, eval_every=6)
+  c.sample.update(num_samples=16, num_steps=10, eval_steps=5)
+  c.eval.update(num_examples=64, batch_size=32)
+  return c

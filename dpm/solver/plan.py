@@ -1,0 +1,115 @@
+"""Time grids and per-step orders, computed inside the compiled program.
+
+The number of steps may be a traced integer: arrays have a static length `n_max + 1` and entries past
+the last used one repeat t_end, so one compiled sampler serves every step count up to n_max.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from common.registry import Registry
+
+SKIP_TYPES: Registry = Registry("skip type")
+METHODS: Registry = Registry("solver method")
+for _name in ("singlestep", "singlestep_fixed", "multistep", "adaptive"):
+  METHODS.add(_name, _name)
+
+# Second-order multistep drops to order 1 in its last step below this many steps (as diffusers; the
+# public code uses 10). Third order drops to orders 2, 1 in its last two steps at every step count:
+# on time-uniform grids the last steps are several times longer in lambda than the ones before, and
+# extrapolating a quadratic over them is unstable near t = 0 (measured in dpm/SOLVER.md).
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _fraction(n, n_max: int, dtype):
+  """(i / n clipped to 1, i >= n) for i = 0..n_max; shapes [n_max + 1].
+
+  The end mask is an integer comparison: XLA may compute n / n as n * (1 / n) = 1 - ulp.
+  """
+  i = jnp.arange(n_max + 1)
+  return jnp.minimum(i, n).astype(dtype) / jnp.asarray(n, dtype), i >= n
+
+
+@SKIP_TYPES.register("logSNR")
+def _logsnr(ns, t_start, t_end, frac):
+  lam_s, lam_e = ns.marginal_lambda(t_start), ns.marginal_lambda(t_end)
+  return ns.inverse_lambda(lam_s + frac * (lam_e - lam_s))
+
+
+@SKIP_TYPES.register("time_uniform")
+def _time_uniform(ns, t_start, t_end, frac):
+  del ns
+  return t_start + frac * (t_end - t_start)
+
+
+@SKIP_TYPES.register("time_quadratic")
+def _time_quadratic(ns, t_start, t_end, frac):
+  del ns
+  root = jnp.sqrt(t_start) + frac * (jnp.sqrt(t_end) - jnp.sqrt(t_start))
+  return root ** 2
+
+
+def time_grid(ns, skip_type: str, t_start, t_end, n, n_max: int) -> jax.Array:
+  """The n + 1 decreasing times t_start = t_0 > ... > t_n = t_end, padded with t_end to n_max + 1.
+
+  The end points are set exactly (not through inverse_lambda), so the last step ends at t_end and
+  never has zero or negative length.
+  """
+  t_start = jnp.asarray(t_start)
+  frac, done = _fraction(n, n_max, t_start.dtype)
+  grid = SKIP_TYPES.get(skip_type, field="skip_type")(ns, t_start, t_end, frac)
+  grid = jnp.where(done, t_end, grid)
+  return grid.at[0].set(t_start)
+
+
+def multistep_orders(order: int, n, n_max: int, lower_order_final: bool) -> jax.Array:
+  """Order of step i = 1..n (index i - 1), shape [n_max]: warm-up with orders 1, 2, then `order`;
+  with lower_order_final the last steps drop to orders 2, 1 (order 3: always; order 2: when
+  n < LOWER_ORDER_FINAL_BELOW)."""
+  i = jnp.arange(1, n_max + 1)
+  orders = jnp.minimum(order, i)
+  if lower_order_final:
+    lower = (order >= 3) | (n < LOWER_ORDER_FINAL_BELOW)
+    orders = jnp.where(lower, jnp.minimum(orders, n + 1 - i), orders)
+  return jnp.clip(orders, 1, order)
+
+
+def singlestep_orders(order: int, n, n_max: int, fixed: bool):
+  """(orders [n_max], number of outer steps K) for singlestep sampling with n evaluations in all.
+
+  Adaptive-free DPM-Solver-fast (paper Sec. 3.4): K = n // 3 + 1 steps with orders
+  [3, ..., 3, 2, 1] / [3, ..., 3, 1] / [3, ..., 3, 2] for n mod 3 = 0 / 1 / 2 (order 3), and
+  [2, ..., 2] / [2, ..., 2, 1] for even / odd n (order 2): exactly n evaluations. With `fixed`,
+  K = n // order steps all of `order` (K * order evaluations).
+  """
+  j = jnp.arange(n_max)
+  if fixed or order == 1:
+    k = n // order
+    return jnp.where(j < k, order, 0), k
+  if order == 2:
+    k = n // 2 + n % 2
+    last = jnp.where(n % 2 == 1, 1, 2)
+    return jnp.where(j < k - 1, 2, jnp.where(j == k - 1, last, 0)), k
+  k = n // 3 + 1
+  rem = n % 3
+  last = jnp.where(rem == 0, 1, rem)
+  second_last = jnp.where(rem == 0, 2, 3)
+  orders = jnp.where(j < k - 2, 3, jnp.where(j == k - 2, second_last, jnp.where(j == k - 1, last, 0)))
+  return orders, k
+
+
+def singlestep_grid(ns, skip_type: str, t_start, t_end, orders, k, n, n_max: int,
+                    fixed: bool) -> jax.Array:
+  """Outer times of the K singlestep steps, shape [n_max + 1].
+
+  logSNR or `fixed`: K steps evenly spaced by the skip type (each step's intermediate points split it
+  further in lambda). Otherwise the steps end on the n-step grid at the cumulative orders, so their
+  lengths follow the orders.
+  """
+  if skip_type == "logSNR" or fixed:
+    return time_grid(ns, skip_type, t_start, t_end, k, n_max)
+  fine = time_grid(ns, skip_type, t_start, t_end, n, n_max)
+  ends = jnp.minimum(jnp.cumsum(orders), n)
+  return jnp.concatenate([fine[:1], fine[ends]])
