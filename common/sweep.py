@@ -18,14 +18,9 @@ import subprocess
 import sys
 from typing import Any
 
-from absl import app, flags
+import argparse
 
 from common.errors import ConfigError
-
-_CONFIG = flags.DEFINE_string("config", None, "Config file with get_sweep(), optionally ':variant'.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
-_PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
-_MODE = flags.DEFINE_string("mode", "train", "Passed to main.py --mode.")
 
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 
@@ -69,18 +64,22 @@ def commands(config_arg: str, workdir: str, mode: str = "train") -> list[list[st
   return out
 
 
-def main(argv):
-  del argv
-  if not _CONFIG.value or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
+def main(argv: list[str] | None = None):
+  # argparse, not absl flags: importing this module must not define flags that clash with main.py's.
+  parser = argparse.ArgumentParser(description="Run (or print) the runs of a config's get_sweep().")
+  parser.add_argument("--config", required=True, help="config file with get_sweep(), ':variant' ok")
+  parser.add_argument("--workdir", required=True, help="parent directory of the runs' workdirs")
+  parser.add_argument("--print_only", action="store_true", help="print the commands, run nothing")
+  parser.add_argument("--mode", default="train", help="passed to main.py --mode")
+  args = parser.parse_args(argv)
   try:
-    cmds = commands(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    cmds = commands(args.config, args.workdir, args.mode)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for i, cmd in enumerate(cmds):
     line = shlex.join(cmd)
-    if _PRINT_ONLY.value:
+    if args.print_only:
       print(line)
       continue
     print(f"[sweep {i + 1}/{len(cmds)}] {line}", flush=True)
@@ -91,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -2,13 +2,12 @@
 DP-optimal trajectory and a Gamma cache.
 
 Equations (../shared/papers/dpm.md, "Analytic-DPM"); n = 1..N, alphas_cumprod has length N + 1:
-  Gamma_n  = E_{q(x_n)} ||eps_hat(x_n, n)||^2 / d                            `estimate_gamma` (Eq. 8)
-  C_n      = (beta_bar_n / alpha_bar_n) (1 - Gamma_n), clipped to [0, ((b-a)/2)^2]
-                                                                            `posterior_variance` (Thm 2)
-  sigma*^2 = lambda^2 + gamma^2 C_t                                         `optimal_variance` (Eq. 7, 9)
-  sigma^2 <= (c * 2/255 * sqrt(pi/2))^2 on the step that produces x_{tau_1}  `clip_first_step` (Sec. 4)
-  J(s, t)  = log(1 - beta_{t|s} Gamma_t / beta_bar_t)                       `dp_cost_matrix` (Eq. 11)
-  min over K-step trajectories of sum J, O(K N^2)                            `optimal_trajectory`
+  Gamma_n = E_{q(x_n)} ||eps_hat(x_n, n)||^2 / d                   estimate_gamma (Monte Carlo)
+  C_n = (beta_bar_n / alpha_bar_n)(1 - Gamma_n) in [0, ((b-a)/2)^2]  posterior_variance (Thm 1-2)
+  sigma*^2 = lambda^2 + gamma^2 C_t                                optimal_variance (Thm 1)
+  sigma^2 <= (c 2/255 sqrt(pi/2))^2 on the step into x_{tau_1}     clip_first_step (experiments)
+  J(s, t) = log(1 - beta_{t|s} Gamma_t / beta_bar_t)               dp_cost_matrix (Thm 3)
+  min over K-step trajectories of sum J, O(K N^2)                   optimal_trajectory
 
 Everything is a pure function of (eps_fn, arrays, rng) so a runner can call it on a trained model.
 Per-step arrays follow dpm/reverse.py: index k = 0..K-1 is the step from trajectory[k] down to
@@ -17,10 +16,10 @@ trajectory[k-1] (down to 0 for k = 0).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import json
 from typing import Any, Callable, Sequence
 
 import jax
@@ -40,7 +39,7 @@ VARIANCES: Registry = Registry("reverse variance")
 
 
 # ----------------------------------------------------------------------------------------------
-# Gamma by Monte Carlo (Eq. 8)
+# Gamma by Monte Carlo
 
 
 def as_pytree_fn(eps_fn: Callable) -> jax.tree_util.Partial:
@@ -71,9 +70,10 @@ def _gamma_chunk_sums(eps_fn, x0, index, weight, ts, num_ts, sqrt_abar, sqrt_bba
   return jax.lax.fori_loop(0, num_ts, one_t, jnp.zeros(ts.shape, jnp.float32))
 
 
-def estimate_gamma(eps_fn: EpsFn, alphas_cumprod: np.ndarray, x0: Any, timesteps: Sequence[int],
-                   rng: jax.Array, *, batch_size: int = 256, mesh: Mesh | None = None) -> np.ndarray:
-  """Monte Carlo Gamma_n = E ||eps_hat(x_n, n)||^2 / d at the given timesteps (Analytic-DPM Eq. 8).
+def estimate_gamma(eps_fn: EpsFn, alphas_cumprod: np.ndarray, x0: Any,
+                   timesteps: Sequence[int], rng: jax.Array, *, batch_size: int = 256,
+                   mesh: Mesh | None = None) -> np.ndarray:
+  """Monte Carlo Gamma_n = E ||eps_hat(x_n, n)||^2 / d at the given timesteps (Analytic-DPM Thm 1).
 
   One noise draw per image and timestep, as in the paper. The data is processed in chunks of
   `batch_size` (one compiled shape; the last chunk is padded and masked), each chunk sharded over
@@ -103,7 +103,9 @@ def estimate_gamma(eps_fn: EpsFn, alphas_cumprod: np.ndarray, x0: Any, timesteps
     raise ValueError("estimate_gamma needs at least one data point")
   ndev = mesh.size if mesh is not None else 1
   bs = -(-min(batch_size, num) // ndev) * ndev
-  dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float32
+  # float64 data becomes float32 unless jax_enable_x64; integer data is converted to float32.
+  dtype = jax.dtypes.canonicalize_dtype(x0.dtype if np.issubdtype(x0.dtype, np.floating)
+                                        else np.float32)
   eps_tree = as_pytree_fn(eps_fn)
   padded = np.ones(len(abar) - 1, np.int32)
   padded[:len(ts)] = ts
@@ -139,14 +141,14 @@ def gamma_at(gamma: np.ndarray, trajectory: np.ndarray) -> np.ndarray:
   trajectory = np.asarray(trajectory, np.int64)
   if gamma.shape[0] == trajectory.shape[0]:
     return gamma
-  if gamma.shape[0] >= trajectory[-1]:
+  if gamma.shape[0] == trajectory[-1]:
     return gamma[trajectory - 1]
   raise ValueError(f"gamma has {gamma.shape[0]} entries: expected K={len(trajectory)} (one per "
                    f"trajectory step) or N={trajectory[-1]} (Gamma_1..Gamma_N)")
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimal variance (Thm 1-2, Eq. 9) and its bounds
+# Optimal variance (Thm 1) and its bounds (Thm 2)
 
 
 def c_clip_range(data_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[float, float]:
@@ -164,7 +166,7 @@ def posterior_variance(gamma: np.ndarray, abar_t: np.ndarray,
 
 
 def _gamma2(abar_s, abar_t, lam2, form: str) -> np.ndarray:
-  """gamma^2_{s|t}: the squared coefficient of x0_hat - x_0 in the reverse mean (Eq. 9)."""
+  """gamma^2_{s|t}: the squared coefficient of x0_hat - x_0 in the reverse mean (Thm 1)."""
   bbar_s, bbar_t = 1.0 - abar_s, 1.0 - abar_t
   if form == "ddpm":
     beta_ts = 1.0 - abar_t / abar_s
@@ -175,7 +177,7 @@ def _gamma2(abar_s, abar_t, lam2, form: str) -> np.ndarray:
 def optimal_variance(gamma: np.ndarray, alphas_cumprod: np.ndarray, trajectory: np.ndarray,
                      form: str = "ddpm", eta: float = 0.0,
                      clip_range: tuple[float, float] | None = DEFAULT_CLIP_RANGE) -> np.ndarray:
-  """The analytic optimal isotropic variance of each reverse step (Analytic-DPM Thm 2, Eq. 9).
+  """The analytic optimal isotropic variance of each reverse step (Analytic-DPM Thm 1-2).
 
   sigma*^2_{s|t} = lambda^2_{s|t} + gamma^2_{s|t} C_t with C_t = (beta_bar_t/alpha_bar_t)(1-Gamma_t)
   clipped to `clip_range` ([0, 1] for data in [-1, 1]; None turns the clip off, for ablations).
@@ -201,7 +203,7 @@ def optimal_variance(gamma: np.ndarray, alphas_cumprod: np.ndarray, trajectory: 
 
 
 def first_step_clip_constant(schedule: str, form: str) -> float:
-  """c of the sampling clip: 2 for the DDPM form on the linear schedule, 1 otherwise (Sec. 4)."""
+  """c of the sampling clip: 2 for the DDPM form on the linear schedule, 1 otherwise."""
   return 2.0 if (schedule == "linear" and form == "ddpm") else 1.0
 
 
@@ -267,7 +269,7 @@ def sampling_variance(name: str, alphas_cumprod: np.ndarray, trajectory: np.ndar
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimal trajectory by dynamic programming (Sec. 5, Eq. 11)
+# Optimal trajectory by dynamic programming (Thm 3)
 
 
 def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "ddpm",
@@ -277,7 +279,7 @@ def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "d
 
   With the analytic variance and the optimal mean, the expected KL of step s <- t is
   (d/2) log(sigma*^2 / lambda^2). For the DDPM form this is J(s, t) = log(1 - beta_{t|s} Gamma_t /
-  beta_bar_t) plus terms that telescope over any trajectory from 1 to N (Eq. 11); Gamma_t is
+  beta_bar_t) plus terms that telescope over any trajectory from 1 to N (Thm 3); Gamma_t is
   replaced by its clipped value 1 - alpha_bar_t C_t / beta_bar_t so that J stays finite. The DDIM
   form (eta > 0 only; eta = 0 has a point-mass q and no KL) uses log(sigma*^2 / lambda^2) itself.
 
@@ -298,10 +300,12 @@ def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "d
     beta_ts = 1.0 - abar_t / abar_s
     if form == "ddpm":
       g = 1.0 - abar_t * c / (1.0 - abar_t)             # clipped Gamma_t
-      cost = np.log(1.0 - beta_ts * g / (1.0 - abar_t))
+      ratio = 1.0 - beta_ts * g / (1.0 - abar_t)        # sigma*^2 / lambda^2 up to telescoping
     else:
       lam2 = eta ** 2 * (1.0 - abar_s) * beta_ts / (1.0 - abar_t)
-      cost = np.log1p(_gamma2(abar_s, abar_t, lam2, form) * c / lam2)
+      ratio = 1.0 + _gamma2(abar_s, abar_t, lam2, form) * c / lam2
+    # A step whose variance would be <= 0 (possible only without the clip) is not allowed.
+    cost = np.where(ratio > 0, np.log(np.where(ratio > 0, ratio, 1.0)), np.inf)
   out = np.full((n + 1, n + 1), np.inf)
   upper = np.triu(np.ones((n, n), bool), 1)
   out[1:, 1:] = np.where(upper, cost, np.inf)
@@ -328,7 +332,8 @@ def _backtrack(arg: np.ndarray, k: int, n: int) -> np.ndarray:
   return np.asarray(path[::-1], np.int64)
 
 
-def optimal_trajectories(cost: np.ndarray, ks: Sequence[int]) -> dict[int, tuple[np.ndarray, float]]:
+def optimal_trajectories(cost: np.ndarray,
+                         ks: Sequence[int]) -> dict[int, tuple[np.ndarray, float]]:
   """DP-optimal K-step trajectories for several K from one O(max K * N^2) pass.
 
   Trajectories start at tau_1 = 1 and end at tau_K = N (the decoder step 1 -> 0 is common to all).
@@ -381,7 +386,8 @@ def load_gamma(workdir: str, step: int, meta: dict[str, Any] | None = None) -> n
   except (OSError, ValueError, KeyError, TypeError) as e:
     logging.warning("ignoring unreadable Gamma cache %s (%s); recomputing", path, e)
     return None
-  if record.get("step") != int(step) or record.get("meta", {}) != json.loads(json.dumps(meta or {})):
+  same_meta = record.get("meta", {}) == json.loads(json.dumps(meta or {}))
+  if record.get("step") != int(step) or not same_meta:
     return None
   return gamma
 

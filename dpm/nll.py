@@ -1,4 +1,4 @@
-"""Negative ELBO in bits/dim of a K-step reverse process (Analytic-DPM Sec. 6; Ho et al. Eq. 5).
+"""Negative ELBO in bits/dim of a K-step reverse process (Analytic-DPM; Ho et al. 2020, Eq. 5).
 
   L = KL(q(x_N|x_0) || N(0, I))                                   prior
     + sum_{k>=1} KL(q(x_s|x_t, x_0) || p(x_s|x_t))                 step tau_{k+1} -> tau_k

@@ -1,4 +1,8 @@
-"""Shared test setup: run from the repository root so `import common`, `import dpm` work."""
+"""Shared test setup: import from the repository root; one XLA compilation cache for the session.
+
+The cache is shared with the subprocesses that tests start (tests/helpers.py), so a program compiled
+once (a U-Net train step, an initializer) is reused by every later test that needs it.
+"""
 
 import os
 import sys
@@ -6,3 +10,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+os.environ.setdefault("TEST_XLA_CACHE", os.path.join(ROOT, ".pytest_cache", "xla"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["TEST_XLA_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

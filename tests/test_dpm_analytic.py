@@ -1,4 +1,4 @@
-"""Analytic-DPM variance against ground truth on Gaussian-mixture data with the exact noise predictor.
+"""Analytic-DPM variance against ground truth: Gaussian-mixture data, exact noise predictor.
 
 The truths are independent of the code under test: C_t comes from the mixture's closed-form
 posterior covariance (not from Gamma), and the optimal isotropic variance also from a direct Monte
@@ -68,7 +68,7 @@ def true_c(t, seed):
 
 @pytest.fixture(scope="module")
 def gamma_mc():
-  """Monte Carlo Gamma (20,000 draws of the exact predictor) at small and medium t, computed once."""
+  """Monte Carlo Gamma (20,000 draws, exact predictor) at small and medium t, computed once."""
   ts = np.array([1, 5, 40, 112, 150, 223, 300, 334])
   x0 = draw(MIX, 20000, seed=0)
   gamma = analytic.estimate_gamma(EPS_FN, AC, x0, ts, jax.random.PRNGKey(1), batch_size=5000)
@@ -169,8 +169,8 @@ def test_clip_keeps_variance_valid_on_a_small_sample():
   assert np.any(raw_ddim < 0)                   # Analytic-DDIM (lambda = 0) breaks at any Gamma > 1
   # The clipped variance samples finite values through dpm/reverse.py's sampler.
   sigma2 = analytic.sampling_variance("analytic", AC, traj, "ddpm", gamma=gamma)
-  x = reverse.sample(EPS_FN, jnp.asarray(np.random.RandomState(7).randn(64, MIX.dim), jnp.float32),
-                     jax.random.PRNGKey(8), AC, traj, sigma2)
+  x_T = jnp.asarray(np.random.RandomState(7).randn(64, MIX.dim), jnp.float32)
+  x = reverse.sample(EPS_FN, x_T, jax.random.PRNGKey(8), AC, traj, sigma2)
   assert np.all(np.isfinite(np.asarray(x)))
 
 
@@ -204,6 +204,8 @@ def test_variance_registry():
     analytic.reverse_variance("learned", AC, traj)
   with pytest.raises(ConfigError, match="needs Gamma"):
     analytic.reverse_variance("analytic", AC, traj)
+  with pytest.raises(ValueError, match="Gamma_1..Gamma_N"):      # an [N + 1] vector is ambiguous
+    analytic.optimal_variance(np.ones(N + 1), AC, traj)
   full = np.linspace(0.0, 1.0, N)                              # Gamma_1..Gamma_N
   np.testing.assert_array_equal(
       analytic.reverse_variance("analytic", AC, traj, gamma=full),

@@ -64,7 +64,6 @@ def _gmm_solver(ns, algorithm, **kwargs):
     ("singlestep_fixed", 1, "dpmsolver", (32, 64, 128)),
     ("singlestep_fixed", 2, "dpmsolver++", (24, 48, 96)),
     ("singlestep_fixed", 3, "dpmsolver", (24, 48, 96)),
-    ("singlestep_fixed", 3, "dpmsolver++", (24, 48, 96)),
     ("multistep", 2, "dpmsolver", (24, 48, 96)),
     ("multistep", 3, "dpmsolver++", (32, 64, 128)),
 ])

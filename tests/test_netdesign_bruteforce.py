@@ -107,14 +107,17 @@ def brute_force(inst):
            cover=cover, stairs=_staircases(tpl.vertices.tolist(), edges), features=inst.features,
            w_len=inst.length_weight, w_travel=inst.travel_weight, w_traffic=inst.traffic_weight,
            traffic=inst.traffic)
-  all_masks = np.arange(2 ** len(edges), dtype=np.int64)
-  size = np.bitwise_count(all_masks)
   best, best_mask = np.inf, None
   per_edge = (inst.length_weight + 2 * inst.travel_weight) * lengths.min()
+  level, top = np.zeros(1, np.int64), np.full(1, -1)  # all k-subsets as bit masks, highest bit
   for k in range(len(edges) + 1):
     if k * per_edge > best + 1e-9:  # no subset with k or more edges can beat `best`
       break
-    masks, obj = _score(all_masks[size == k], t)
+    if k:
+      grown = [(level[top < b] | (1 << b), b) for b in range(len(edges))]
+      level = np.concatenate([m for m, _ in grown])
+      top = np.concatenate([np.full(len(m), b) for m, b in grown])
+    masks, obj = _score(level, t)
     if len(obj) and obj.min() < best - 1e-9:
       best, best_mask = float(obj.min()), int(masks[np.argmin(obj)])
   chosen = None if best_mask is None else [x for x in range(len(edges)) if best_mask >> x & 1]

@@ -45,6 +45,7 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.connectivity = "labels"  # labels (paper) | flow (ablation, travel_weight must be 0)
+  c.model.ball_cuts = True         # valid geodesic-ball cut rows (ours): much tighter LP bounds
   c.model.length_weight = 1.0
   c.model.travel_weight = 0.0      # weight of the travel-distance proxy sum_h D_h
 

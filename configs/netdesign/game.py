@@ -1,16 +1,18 @@
 """Game level: paths between spawn points and the goal on a triangle mesh around rocks, with loops.
 
-  python main.py --config=configs/netdesign/game.py --workdir=/tmp/nd_game
-  python main.py --config=configs/netdesign/game.py:smoke --workdir=/tmp/nd_game_smoke
-  # wanted dead ends instead of loops (hidden rooms):
-  python main.py --config=configs/netdesign/game.py --workdir=/tmp/nd_game_de \
-    --config.spec.features.dead_end.mode=at_least --config.spec.features.dead_end.count=2
-
-Hardware: 2-core CPU container. Spec: equilateral triangle mesh (spacing 1) of a 9 x 6 arena with
-two rocks, the goal as sink, three spawn points joined pairwise by traffic paths (detour <= 1.5x the
-shortest template path, weight 0.2), dead ends forbidden so the level has loops, every vertex
-within 2, two diverse alternatives (Hamming distance >= 4) by no-good cuts. Expected numbers in
-netdesign/README.md. Paper: game levels were solved in seconds to minutes.
+Command:   python main.py --config=configs/netdesign/game.py --workdir=runs/nd_game
+           wanted dead ends instead of loops (hidden rooms):
+           python main.py --config=configs/netdesign/game.py --workdir=runs/nd_game_de \
+             --config.spec.features.dead_end.mode=at_least --config.spec.features.dead_end.count=2
+Hardware:  2-core CPU container (shared); 60 s portfolio solve per network (3 networks).
+Spec:      equilateral triangle mesh (spacing 1) of a 9 x 6 arena with two rocks; the goal is the
+           sink; three spawn points joined pairwise by traffic paths (detour <= 1.5x the shortest
+           template path, weight 0.2); dead ends forbidden, so the level has loops; every vertex
+           within 2; two diverse alternatives (Hamming distance >= 4) by no-good cuts.
+Expected:  three valid, different levels; measured numbers in netdesign/README.md.
+Paper:     game levels were solved in seconds to minutes with a commercial MIP solver.
+Variant:   `:smoke` (4 x 2.6 arena, one rock, two spawns, one alternative) proves optimality,
+           objective 11.8.
 """
 
 from configs.netdesign import base

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -123,7 +124,9 @@ class NoiseScheduleVP:
     sampler closes over one constant pair instead of embedding a copy at every schedule call."""
     key = jnp.dtype(dtype).name
     if key not in self._knots:
-      self._knots[key] = (jnp.asarray(self.t_array, dtype), jnp.asarray(self.log_alpha_array, dtype))
+      with jax.ensure_compile_time_eval():  # concrete arrays even when first asked inside a trace
+        self._knots[key] = (jnp.asarray(self.t_array, dtype),
+                            jnp.asarray(self.log_alpha_array, dtype))
     return self._knots[key]
 
   def marginal_log_mean_coeff(self, t):

@@ -1,0 +1,330 @@
+"""The integer program of the paper on a `LinearModel` (notes: variables, constraints, objective).
+
+Variables (E = template edges, H = 2E half-edges, half-edge 2x is i->j and 2x+1 is j->i for
+edge x = (i, j)):
+  e_x in {0, 1}             edge used (E_x); both half-edges of a used edge are used, E_{i->j} =
+                            E_{j->i} = E_x, because a street can be walked both ways.
+  g_{v,k} in {0, 1}         unary degree: g_{v,k} = [deg(v) >= k]; V_v = g_{v,1} (vertex used).
+  D_h in [0, Dmax]          distance label of half-edge h (labels formulation).
+  s_{h,h'} in {0, 1}        successor L_{i->j; j->k}: h' continues h towards a sink.
+The labels formulation of the paper requires every used half-edge not entering a sink to have a used
+successor with D_h >= D_h' + L_h; labels strictly decrease along successors, so each used edge
+reaches a sink and there are no islands. A U-turn successor (j->i after i->j) is allowed, which
+makes D_{i->j} = L_ij + (network distance from j to a sink) at an optimum with travel weight > 0:
+the travel-distance proxy sum_h D_h is then exactly checkable by a graph search.
+The ablation 'flow' replaces labels by a single-commodity flow from the sinks that delivers one unit
+to every used vertex.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from common.registry import Registry
+from netdesign import spec as spec_lib
+from netdesign.linear import LinearModel
+
+CONNECTIVITY: Registry = Registry("connectivity formulation")
+FEATURES: Registry = Registry("local feature")
+_WEIGHT_RESOLUTION = 1000  # objective weights are exact to 1e-3
+
+
+@dataclasses.dataclass
+class Context:
+  """Index bookkeeping shared by the constraint builders."""
+  inst: spec_lib.Instance
+  lm: LinearModel
+  e: list                 # [E] var index of e_x
+  g: list                 # [V] list of var indices g_{v,1..deg_M(v)}
+  lengths: np.ndarray     # [E] int scaled lengths
+  tail: np.ndarray        # [H]
+  head: np.ndarray        # [H]
+  out_of: list            # [V] half-edges leaving v
+  into: list              # [V] half-edges entering v
+  is_sink: np.ndarray     # [V] bool
+
+  def edge_of(self, h: int) -> int:
+    return h // 2
+
+  def used(self, v: int) -> int:
+    return self.g[v][0]
+
+  def degree_at_least(self, v: int, k: int) -> list:
+    """Terms of [deg(v) >= k] (empty when the template degree is below k, i.e. always 0)."""
+    return [(self.g[v][k - 1], 1)] if k <= len(self.g[v]) else []
+
+
+@dataclasses.dataclass
+class Built:
+  lm: LinearModel
+  ctx: Context
+  objective_terms: dict   # name -> list of (var, real coefficient in scaled-length units)
+
+
+def _context(inst: spec_lib.Instance, lm: LinearModel) -> Context:
+  tpl = inst.template
+  n = tpl.num_vertices
+  lengths = np.maximum(1, np.round(tpl.lengths * inst.length_scale)).astype(np.int64)
+  tail = np.stack([tpl.edges[:, 0], tpl.edges[:, 1]], axis=1).reshape(-1)
+  head = np.stack([tpl.edges[:, 1], tpl.edges[:, 0]], axis=1).reshape(-1)
+  out_of, into = [[] for _ in range(n)], [[] for _ in range(n)]
+  for h in range(len(tail)):
+    out_of[tail[h]].append(h)
+    into[head[h]].append(h)
+  is_sink = np.zeros(n, bool)
+  is_sink[inst.sinks] = True
+  e = [lm.boolean() for _ in range(len(tpl.edges))]
+  g = [[lm.boolean() for _ in out_of[v]] for v in range(n)]
+  return Context(inst, lm, e, g, lengths, tail, head, out_of, into, is_sink)
+
+
+def _degree_rows(ctx: Context) -> None:
+  """sum_k g_{v,k} = sum of incident e_x and g_{v,k} >= g_{v,k+1}: V_v = OR of incident edges."""
+  for v, gv in enumerate(ctx.g):
+    ctx.lm.add([(x, 1) for x in gv] + [(ctx.e[h // 2], -1) for h in ctx.out_of[v]], 0, 0)
+    for a, b in zip(gv[:-1], gv[1:]):
+      ctx.lm.add([(a, 1), (b, -1)], lo=0)
+
+
+def _fix_unreachable(ctx: Context) -> None:
+  """Presolve by graph search: an edge in a template component without a sink can never reach a
+  sink, so e_x = 0. Makes specs with sinks cut off by obstacles infeasible at once."""
+  to_sink = sink_distance(ctx, unreachable=-1)
+  for x, (i, _) in enumerate(ctx.inst.template.edges):
+    if to_sink[i] < 0:
+      ctx.lm.ub[ctx.e[x]] = 0
+
+
+def label_bound(ctx: Context) -> int:
+  """Dmax: a used half-edge plus a simple network path to a sink is at most V * max length."""
+  return int(ctx.inst.template.num_vertices * ctx.lengths.max())
+
+
+def sink_distance(ctx: Context, unreachable: int = 0) -> np.ndarray:
+  """[V] int template shortest-path distance (scaled lengths) to the nearest sink."""
+  from scipy import sparse
+  from scipy.sparse import csgraph
+  tpl, n = ctx.inst.template, ctx.inst.template.num_vertices
+  w = sparse.coo_matrix((ctx.lengths, (tpl.edges[:, 0], tpl.edges[:, 1])), shape=(n, n)).tocsr()
+  d = csgraph.dijkstra(w, directed=False, indices=ctx.inst.sinks, min_only=True)
+  return np.where(np.isfinite(d), d, unreachable).astype(np.int64)
+
+
+@CONNECTIVITY.register("labels")
+def labels(ctx: Context) -> list:
+  """Distance labelling with successors (the paper's connectivity); returns sum_h D_h terms."""
+  lm, dmax = ctx.lm, label_bound(ctx)
+  to_sink = sink_distance(ctx)
+  d = [lm.var(0, dmax, implied=True) for _ in range(len(ctx.tail))]
+  for h, dh in enumerate(d):
+    x, j = ctx.edge_of(h), ctx.head[h]
+    # D_h >= (L_h + template distance from j to a sink) E_h: the network can only be longer. Valid
+    # for every labelling that the travel objective drives to its minimum, and it tightens the LP.
+    lm.add([(dh, 1), (ctx.e[x], -int(ctx.lengths[x] + to_sink[j]))], lo=0)
+    lm.add([(dh, 1), (ctx.e[x], -dmax)], hi=0)                  # D_h = 0 when unused
+    if ctx.is_sink[j]:
+      continue
+    succ = []
+    for h2 in ctx.out_of[j]:
+      s = lm.boolean()
+      succ.append((s, 1))
+      lm.add([(s, 1), (ctx.e[ctx.edge_of(h2)], -1)], hi=0)     # successor must be used
+      lm.add([(s, 1), (ctx.e[x], -1)], hi=0)
+      lm.add_indicator(s, [(dh, 1), (d[h2], -1)], lo=int(ctx.lengths[x]),
+                       big_m=dmax + int(ctx.lengths[x]))
+    lm.add(succ + [(ctx.e[x], -1)], 0, 0)                        # used => one successor
+  return [(dh, 1.0) for dh in d]
+
+
+@CONNECTIVITY.register("flow")
+def flow(ctx: Context) -> list:
+  """Ablation: sinks send one unit of flow to every used vertex along used edges."""
+  lm, n = ctx.lm, ctx.inst.template.num_vertices
+  f = [lm.var(0, n, implied=True) for _ in range(len(ctx.tail))]
+  for h, fh in enumerate(f):
+    lm.add([(fh, 1), (ctx.e[ctx.edge_of(h)], -n)], hi=0)
+  for v in range(n):
+    if not ctx.is_sink[v]:
+      lm.add([(f[h], 1) for h in ctx.into[v]] + [(f[h], -1) for h in ctx.out_of[v]]
+             + [(ctx.used(v), -1)], 0, 0)
+  return []
+
+
+def _coverage(ctx: Context) -> None:
+  """Every template vertex has a used vertex within the coverage range (the paper's coverage)."""
+  inst = ctx.inst
+  if inst.coverage_range is None:
+    return
+  dist = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric, "spec.coverage.metric")(
+      inst.template)
+  for u in range(inst.template.num_vertices):
+    near = np.flatnonzero(dist[u] <= inst.coverage_range + 1e-9)
+    ctx.lm.add([(ctx.used(int(v)), 1) for v in near], lo=1)
+
+
+def _ball_cuts(ctx: Context) -> None:
+  """Valid cut inequalities over geodesic balls (ours, not in the paper; they tighten the LP).
+
+  A used vertex reaches a sink, so a ball B around u that holds no sink is left by a used edge:
+  sum_{x in delta(B)} e_x >= V_u. If B also holds all of u's coverage set, some used vertex lies in
+  B and the right-hand side is 1. One row per vertex and ball radius below the sink distance.
+  """
+  inst = ctx.inst
+  tpl = inst.template
+  geo = tpl.geodesic()
+  to_sink = geo[:, inst.sinks].min(axis=1)
+  cover = None
+  if inst.coverage_range is not None:
+    cover = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric)(tpl) <= inst.coverage_range + 1e-9
+  for u in range(tpl.num_vertices):
+    if ctx.is_sink[u]:
+      continue
+    reach = geo[u] < np.inf
+    covered_within = geo[u, cover[u]].max() if cover is not None else np.inf
+    for rho in np.unique(geo[u][reach]):
+      if rho >= to_sink[u] - 1e-9:
+        break
+      inside = geo[u] <= rho + 1e-9
+      crossing = np.flatnonzero(inside[tpl.edges[:, 0]] != inside[tpl.edges[:, 1]])
+      cut = [(ctx.e[x], 1) for x in crossing]
+      if rho >= covered_within - 1e-9:
+        ctx.lm.add(cut, lo=1)
+      else:
+        ctx.lm.add(cut + [(ctx.used(u), -1)], lo=0)
+
+
+def _traffic(ctx: Context) -> list:
+  """A path of used edges for each traffic pair (binary path flow); returns its length terms."""
+  inst, lm = ctx.inst, ctx.lm
+  geo = inst.template.geodesic() if inst.max_detour > 0 and inst.traffic else None
+  terms = []
+  for a, b in inst.traffic:
+    y = [lm.boolean() for _ in range(len(ctx.tail))]
+    for h, yh in enumerate(y):
+      lm.add([(yh, 1), (ctx.e[ctx.edge_of(h)], -1)], hi=0)
+    for v in range(inst.template.num_vertices):
+      rhs = 1 if v == a else (-1 if v == b else 0)
+      lm.add([(y[h], 1) for h in ctx.out_of[v]] + [(y[h], -1) for h in ctx.into[v]], rhs, rhs)
+    length = [(yh, int(ctx.lengths[ctx.edge_of(h)])) for h, yh in enumerate(y)]
+    if geo is not None:
+      lm.add(length, hi=math.floor(inst.max_detour * geo[a, b] * inst.length_scale + 1e-6))
+    terms += [(v, float(c)) for v, c in length]
+  return terms
+
+
+@FEATURES.register("dead_end")
+def dead_ends(ctx: Context) -> list:
+  """[deg(v) = 1] off the sinks: g_{v,1} - g_{v,2}."""
+  return [[(ctx.g[v][0], 1)] + [(t, -1) for t, _ in ctx.degree_at_least(v, 2)]
+          for v in range(len(ctx.g)) if not ctx.is_sink[v]]
+
+
+@FEATURES.register("branch")
+def branches(ctx: Context) -> list:
+  """[deg(v) >= 3]."""
+  return [ctx.degree_at_least(v, 3) for v in range(len(ctx.g)) if len(ctx.g[v]) >= 3]
+
+
+@FEATURES.register("t_junction")
+def t_junctions(ctx: Context) -> list:
+  """[deg(v) = 3]: on a quad mesh three of four directions meet as a T."""
+  return [ctx.degree_at_least(v, 3) + [(t, -1) for t, _ in ctx.degree_at_least(v, 4)]
+          for v in range(len(ctx.g)) if len(ctx.g[v]) >= 3]
+
+
+def zigzag_patterns(tpl) -> list:
+  """(edge ij, edge jk, edge kl, j, k): turn at j and at k in opposite senses (a staircase step)."""
+  p, inc = tpl.vertices, tpl.incidence()
+  out = []
+  for x, (j, k) in enumerate(tpl.edges):
+    for a in inc[j]:
+      i = tpl.edges[a].sum() - j
+      t1 = np.cross(p[j] - p[i], p[k] - p[j]) if a != x else 0.0
+      for b in inc[k]:
+        l = tpl.edges[b].sum() - k
+        t2 = np.cross(p[k] - p[j], p[l] - p[k]) if b != x else 0.0
+        if a != x and b != x and abs(t1) > 1e-9 and abs(t2) > 1e-9 and t1 * t2 < 0:
+          out.append((a, x, b, int(j), int(k)))
+  return out
+
+
+@FEATURES.register("zigzag")
+def zigzags(ctx: Context) -> list:
+  """z = 1 iff the three edges are used and j, k have degree exactly 2 (no branch there)."""
+  lm, rows = ctx.lm, []
+  for a, x, b, j, k in zigzag_patterns(ctx.inst.template):
+    z = lm.boolean()
+    e3 = [(ctx.e[a], 1), (ctx.e[x], 1), (ctx.e[b], 1)]
+    br = [(t, -1) for t, _ in ctx.degree_at_least(j, 3) + ctx.degree_at_least(k, 3)]
+    lm.add([(z, 1)] + [(v, -1) for v, _ in e3] + br, lo=-2)   # z >= e + e + e - br - 2
+    for v, _ in e3:
+      lm.add([(z, 1), (v, -1)], hi=0)
+    for t, _ in br:
+      lm.add([(z, 1), (t, 1)], hi=1)
+    rows.append([(z, 1)])
+  return rows
+
+
+def _features(ctx: Context) -> list:
+  """Applies each feature's mode (hard or soft, as in the paper); returns soft penalty terms."""
+  penalty = []
+  for name, feat in ctx.inst.features.items():
+    if feat.mode == "allow":
+      continue
+    indicators = [t for t in FEATURES.get(name, f"spec.features.{name}")(ctx) if t]
+    if feat.mode == "forbid":
+      for t in indicators:
+        ctx.lm.add(t, hi=0)
+    elif feat.mode == "at_least":
+      ctx.lm.add([vc for t in indicators for vc in t], lo=feat.count)
+    elif feat.mode == "soft":
+      scale = feat.weight * ctx.inst.length_scale
+      penalty += [(v, c * scale) for t in indicators for v, c in t]
+  return penalty
+
+
+def build(inst: spec_lib.Instance) -> Built:
+  """Writes the whole IP for `inst`; objective = w_len length + w_travel sum D + penalties."""
+  lm = LinearModel()
+  ctx = _context(inst, lm)
+  _degree_rows(ctx)
+  _fix_unreachable(ctx)
+  for v in (inst.sinks if inst.sinks_required else []):
+    lm.add([(ctx.used(int(v)), 1)], lo=1)
+  for v in inst.required:
+    lm.add([(ctx.used(int(v)), 1)], lo=1)
+  travel = CONNECTIVITY.get(inst.connectivity, "model.connectivity")(ctx)
+  _coverage(ctx)
+  if inst.ball_cuts:
+    _ball_cuts(ctx)
+  terms = {
+      "length": [(ctx.e[x], inst.length_weight * float(L)) for x, L in enumerate(ctx.lengths)],
+      "travel": [(v, inst.travel_weight * c) for v, c in travel],
+      "traffic": [(v, inst.traffic_weight * c) for v, c in _traffic(ctx)],
+      "features": _features(ctx),
+  }
+  _set_objective(lm, terms, inst.length_scale)
+  return Built(lm, ctx, terms)
+
+
+def _set_objective(lm: LinearModel, terms: dict, length_scale: int) -> None:
+  """Rounds real coefficients to integers (CP-SAT needs them) and records the scale."""
+  ints = [(v, int(round(c * _WEIGHT_RESOLUTION))) for ts in terms.values() for v, c in ts]
+  ints = [(v, c) for v, c in ints if c]
+  div = math.gcd(*[abs(c) for _, c in ints]) if ints else 1
+  lm.minimize((v, c // div) for v, c in ints)
+  lm.obj_scale = length_scale * _WEIGHT_RESOLUTION / div
+
+
+def selected_edges(built: Built, values: np.ndarray) -> list:
+  return [x for x, v in enumerate(built.ctx.e) if values[v] > 0.5]
+
+
+def add_nogood(built: Built, selected: list, min_hamming: int) -> None:
+  """Hamming distance >= min_hamming from a previous network (diverse alternatives)."""
+  sel = set(selected)
+  terms = [(v, -1 if x in sel else 1) for x, v in enumerate(built.ctx.e)]
+  built.lm.add(terms, lo=min_hamming - len(sel))
