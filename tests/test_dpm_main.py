@@ -14,9 +14,9 @@ from common.checkpoint import COMMIT_MARKER, Checkpointer
 from tests import helpers
 
 CONFIG = "--config=configs/dpm/ddpm_mnist.py:smoke"
-RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=150",
-               "--config.train.ckpt_every=5", "--config.train.eval_every=1000",
-               "--config.train.log_every=50"]
+RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=60",
+               "--config.train.ckpt_every=10", "--config.train.eval_every=1000",
+               "--config.train.log_every=20"]
 
 
 def _final_params(workdir):
@@ -36,21 +36,21 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   proc = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "main.py"), *RESUME_ARGS,
                            f"--workdir={killed}"], cwd=helpers.ROOT, env=helpers.env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  marker = os.path.join(killed, "checkpoints", "10", COMMIT_MARKER)
+  marker = os.path.join(killed, "checkpoints", "20", COMMIT_MARKER)
   deadline = time.time() + 400
   while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(d) for d in os.listdir(os.path.join(killed, "checkpoints")) if d.isdigit())
-  assert 10 in steps and 150 not in steps, f"the run was not stopped mid-way: {steps}"
+  assert 20 in steps and 60 not in steps, f"the run was not stopped mid-way: {steps}"
 
   result = helpers.run_main(*RESUME_ARGS, f"--workdir={killed}")  # the same command again
   assert result.returncode == 0, helpers.describe(result)
   assert "Restored checkpoint" in result.stderr
   step_a, params_a = _final_params(full)
   step_b, params_b = _final_params(killed)
-  assert step_a == step_b == 150
+  assert step_a == step_b == 60
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -61,7 +61,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   assert len(samples) == 1 and np.isfinite(np.load(os.path.join(killed, "samples", samples[0]))).all()
   result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=eval")
   assert result.returncode == 0, helpers.describe(result)
-  assert os.path.exists(os.path.join(killed, "eval_step_0000150.json"))
+  assert os.path.exists(os.path.join(killed, "eval_step_0000060.json"))
 
 
 @pytest.mark.parametrize("override,message", [
