@@ -9,6 +9,7 @@ checkpoints every `train.ckpt_every` steps and at the end, and resumption from t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -172,7 +173,7 @@ class Trainer:
 
   def _check_finite(self, step: int, metrics: Mapping[str, Any]) -> None:
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-    if jnp.isfinite(loss) and jnp.isfinite(grad_norm):
+    if math.isfinite(loss) and math.isfinite(grad_norm):
       return
     good = self.checkpointer.last_good_step()
     last = self.checkpointer.step_dir(good) if good is not None else "none (no checkpoint yet)"

@@ -107,6 +107,13 @@ class Setup:
   def loss_fn(self, model, batch, rng, train=True):
     return losses.eps_loss(model, batch, rng, jnp.asarray(self.alphas_cumprod, jnp.float32), train)
 
+  def eval_step(self, graphdef: nnx.GraphDef):
+    """Jitted (params, batch, rng) -> test loss; built once, so evaluations do not recompile."""
+    if getattr(self, "_eval_step", None) is None:
+      self._eval_step = jax.jit(
+          lambda p, x, r: self.loss_fn(nnx.merge(graphdef, p), x, r, train=False)[0])
+    return self._eval_step
+
 
 def write_samples(workdir: str, name: str, images: np.ndarray) -> str:
   path = os.path.join(workdir, "samples", f"{name}.png")
@@ -117,7 +124,7 @@ def write_samples(workdir: str, name: str, images: np.ndarray) -> str:
 
 def test_loss(setup: Setup, params, graphdef, rng) -> float:
   """Mean simple loss on the test split with a fixed key (comparable across checkpoints)."""
-  eval_step = jax.jit(lambda p, x, r: setup.loss_fn(nnx.merge(graphdef, p), x, r, train=False)[0])
+  eval_step = setup.eval_step(graphdef)
   total, count = 0.0, 0
   cfg = setup.config.eval
   for i, batch in enumerate(setup.data.eval_batches("test", cfg.batch_size, cfg.num_examples)):
