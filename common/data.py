@@ -164,11 +164,8 @@ def _cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]])
     pass
   images, labels = load()
   try:
-    import io as _io
-    from common.io import atomic_write_bytes
-    buf = _io.BytesIO()
-    np.savez(buf, images=images, labels=labels)
-    atomic_write_bytes(path, buf.getvalue())
+    from common.io import atomic_save_npz
+    atomic_save_npz(path, images=images, labels=labels)
   except OSError:  # A read-only home only costs the cache.
     pass
   return images, labels

@@ -50,6 +50,20 @@ def atomic_write_json(path: str, obj: Any) -> None:
   atomic_write_text(path, json.dumps(obj, indent=2, default=_to_builtin) + "\n")
 
 
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  import io as _io
+  buf = _io.BytesIO()
+  np.save(buf, np.asarray(array))
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
+  import io as _io
+  buf = _io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_save_figure(fig: Any, path: str, **kwargs: Any) -> None:
   """Saves a matplotlib figure atomically; the format follows the file extension."""
   import io as _io

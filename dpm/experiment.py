@@ -183,11 +183,7 @@ def sample(config, workdir: str):
   name = f"step_{step:07d}_{s.form}_{s.variance}_K{s.num_steps}"
   path = write_samples(workdir, name, images)
   if mesh_lib.is_main_process():
-    buf_path = os.path.join(workdir, "samples", f"{name}.npy")
-    import io as _io
-    buf = _io.BytesIO()
-    np.save(buf, images)
-    io.atomic_write_bytes(buf_path, buf.getvalue())
+    io.atomic_save_npy(os.path.join(workdir, "samples", f"{name}.npy"), images)
   logging.info("%d samples (K=%d, %s form, %s variance) in %.1fs -> %s", len(images), s.num_steps,
                s.form, s.variance, time.time() - t0, path)
   return images
