@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import netdesign  # noqa: E402
 from common import io  # noqa: E402
+from common.sweep import apply_overrides  # noqa: E402
 from netdesign import checker, draw  # noqa: E402
 
 FIGURES = os.path.join(ROOT, "netdesign", "figures")
@@ -38,18 +39,8 @@ def _sweep_module():
   return mod
 
 
-def _apply(config, overrides):
-  for key, value in overrides.items():
-    node = config
-    *parts, last = key.split(".")
-    for p in parts:
-      node = node[p]
-    node[last] = value
-  return config
-
-
 def solve(name, overrides, args):
-  config = _apply(_sweep_module().get_config(), {"solver.time_limit": args.time_limit,
+  config = apply_overrides(_sweep_module().get_config(), {"solver.time_limit": args.time_limit,
                                                  "solver.name": args.solver,
                                                  "output.draw": False, **overrides})
   netdesign.validate(config)

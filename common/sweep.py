@@ -42,6 +42,17 @@ def load_sweep(config_arg: str) -> list[dict[str, Any]]:
   return sweep
 
 
+def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+  """Sets each dotted key of `overrides` in `config` (in place, as --config.a.b=v would); returns it."""
+  for key, value in overrides.items():
+    node = config
+    *parts, last = key.split(".")
+    for part in parts:
+      node = node[part]
+    node[last] = value
+  return config
+
+
 def _format_value(value: Any) -> str:
   if isinstance(value, (tuple, list)):
     return "(" + ",".join(_format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"

@@ -11,6 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
+from common.sweep import apply_overrides
 from configs.netdesign import base
 from netdesign import checker, experiment, model, solvers
 from netdesign import spec as spec_lib
@@ -129,13 +130,7 @@ def _config(n, sinks, **over):
   c.template.nx = c.template.ny = n
   c.sinks.points = sinks
   c.solver.name, c.solver.time_limit = "cpsat", 60.0
-  for key, value in over.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return apply_overrides(c, over)
 
 
 CASES = {
