@@ -38,7 +38,11 @@ def load_family(config):
     raise
 
 
+_STARTED = []  # set once flags are parsed: later KeyError/AttributeError are bugs, not overrides
+
+
 def main(argv):
+  _STARTED.append(True)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
@@ -65,6 +69,8 @@ def run():
   try:
     app.run(main)
   except (KeyError, AttributeError) as e:  # Unknown `--config.x=...` override raises during flag parsing.
+    if _STARTED:
+      raise
     print(f"error: bad config override: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -1,10 +1,10 @@
 """Wall time to sample a batch: our compiled DPM-Solver++(2M) vs diffusers' Flax scheduler loop.
 
-Command:  python benchmarks/solver_speed.py --out=runs/solver_speed
-Machine:  2-core CPU container (a few minutes; most of it compiling).
-Model:    dpm.unet.UNet with the MNIST config of configs/dpm/ddpm_mnist.py (ch 32, ch_mult (1, 2, 2),
-          one res block, attention at 7x7), randomly initialised: timing does not depend on the
-          weights. Batch 16 of 28x28x1, float32, discrete linear schedule (N = 1000).
+Command:  python benchmarks/solver_speed.py --out=runs/solver_speed [--batches=16,256]
+Machine:  any; a few minutes on the 2-core CPU container (most of it compiling), seconds on a GPU.
+Model:    dpm.unet.UNet as configured in configs/dpm/ddpm_mnist.py, randomly initialised (timing
+          does not depend on the weights; the zero-initialised output layer gets random weights so
+          the sampler sees a non-trivial eps). 28x28x1 float32, discrete linear schedule (N = 1000).
 Compared, side by side at NFE 10 and 20 on the same model and the same 'linspace' grid:
   ours:      the whole sampling loop in one jitted XLA program (model parameters passed as arguments);
   diffusers: FlaxDPMSolverMultistepScheduler (0.39.0) driven by the usual Python loop, with the model
@@ -31,7 +31,6 @@ from flax import nnx  # noqa: E402
 
 from common import io  # noqa: E402
 from dpm.solver import DPMSolver, NoiseScheduleVP, model_wrapper  # noqa: E402
-from dpm.unet import UNet  # noqa: E402
 
 N = 1000
 
@@ -46,8 +45,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def build(batch: int):
-  model = UNet(image_size=28, channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-               attn_resolutions=(7,), dropout=0.0, num_groups=8, rngs=nnx.Rngs(0))
+  from configs.dpm import ddpm_mnist
+  from dpm import experiment
+  model = experiment.build_model(ddpm_mnist.get_config(), (28, 28, 1), seed=0)
   # The output conv is zero-initialised; give it weights so the sampler sees a non-trivial eps.
   kernel = model.conv_out.kernel
   kernel.set_value(0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.get_value().shape))
@@ -91,18 +91,36 @@ def diffusers_fn(apply, steps: int, shape):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="runs/solver_speed")
-  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--batches", default="16", help="comma-separated batch sizes")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  apply, params, x_T = build(args.batch)
+  device = jax.devices()[0]
+  load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+  lines = [f"Device: {device.platform} ({device.device_kind}), jax {jax.__version__}; "
+           f"{os.cpu_count()} CPUs, load average at the start {load}.", ""]
+  records = []
+  for batch in [int(b) for b in args.batches.split(",")]:
+    table, record = run_batch(batch, args.repeats)
+    lines += table
+    records.append(record)
+  text = "\n".join(lines) + "\n"
+  os.makedirs(args.out, exist_ok=True)
+  io.atomic_write_text(os.path.join(args.out, "solver_speed.md"), text)
+  io.atomic_write_json(os.path.join(args.out, "solver_speed.json"),
+                       dict(device=str(device.device_kind), batches=records))
+  print(text)
+
+
+def run_batch(batch: int, repeats: int):
+  apply, params, x_T = build(batch)
   probe = __import__("diffusers").FlaxDPMSolverMultistepScheduler(num_train_timesteps=N)
   alphas_cumprod = np.asarray(probe.create_state().common.alphas_cumprod, np.float64)
   ns = NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
 
   model_jit = jax.jit(apply)
-  t_in = jnp.full((args.batch,), 500.0)
+  t_in = jnp.full((batch,), 500.0)
   jax.block_until_ready(model_jit(params, x_T, t_in))
-  model_time = median_time(lambda: model_jit(params, x_T, t_in), 5 * args.repeats)
+  model_time = median_time(lambda: model_jit(params, x_T, t_in), 5 * repeats)
 
   results = []
   for nfe in (10, 20):
@@ -115,8 +133,8 @@ def main():
     start = time.perf_counter()
     out_theirs = jax.block_until_ready(theirs(params, x_T))
     compile_theirs = time.perf_counter() - start
-    t_ours = median_time(lambda: ours(params, x_T, grid), args.repeats)
-    t_theirs = median_time(lambda: theirs(params, x_T), args.repeats)
+    t_ours = median_time(lambda: ours(params, x_T, grid), repeats)
+    t_theirs = median_time(lambda: theirs(params, x_T), repeats)
     results.append(dict(
         nfe=nfe, ours_s=t_ours, diffusers_s=t_theirs, speedup=t_theirs / t_ours,
         ours_overhead=(t_ours - nfe * model_time) / t_ours,
@@ -124,24 +142,18 @@ def main():
         first_call_ours_s=compile_ours, first_call_diffusers_s=compile_theirs,
         max_abs_diff=float(jnp.max(jnp.abs(out_ours - out_theirs)))))
 
-  load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-  lines = [f"Model: dpm.unet.UNet (MNIST config, random init), batch {args.batch} x 28x28x1, "
-           f"one jitted model call {1e3 * model_time:.1f} ms (median of {5 * args.repeats}). "
-           f"{os.cpu_count()} CPUs, load average at the end {load}.", "",
+  lines = [f"Batch {batch} x 28x28x1: one jitted model call {1e3 * model_time:.2f} ms "
+           f"(median of {5 * repeats}).", "",
            "| NFE | ours (s) | diffusers loop (s) | speed-up | ours overhead | diffusers overhead "
            "| first call ours / diffusers (s) | max abs diff |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
-    lines.append(f"| {r['nfe']} | {r['ours_s']:.3f} | {r['diffusers_s']:.3f} | {r['speedup']:.2f}x "
+    lines.append(f"| {r['nfe']} | {r['ours_s']:.4f} | {r['diffusers_s']:.4f} | {r['speedup']:.2f}x "
                  f"| {100 * r['ours_overhead']:.1f}% | {100 * r['diffusers_overhead']:.1f}% "
                  f"| {r['first_call_ours_s']:.1f} / {r['first_call_diffusers_s']:.1f} "
                  f"| {r['max_abs_diff']:.1e} |")
-  table = "\n".join(lines) + "\n"
-  os.makedirs(args.out, exist_ok=True)
-  io.atomic_write_text(os.path.join(args.out, "solver_speed.md"), table)
-  io.atomic_write_json(os.path.join(args.out, "solver_speed.json"),
-                       dict(model_time_s=model_time, batch=args.batch, results=results))
-  print(table)
+  lines.append("")
+  return lines, dict(batch=batch, model_time_s=model_time, results=results)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,18 @@ def save_image_grid(path: str, images: np.ndarray, nrow: int | None = None,
                     value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
   """Writes a batch of images [B, H, W, C] (C = 1 or 3) as one PNG grid, atomically."""
   from PIL import Image
+  grid = image_grid(images, nrow, value_range, padding)
+  c = grid.shape[-1]
+  pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
+  import io as _io
+  buf = _io.BytesIO()
+  pil.save(buf, format="PNG")
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None,
+               value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> np.ndarray:
+  """A batch of images [B, H, W, C] (C = 1 or 3) tiled into one uint8 image [H', W', C]."""
   images = np.asarray(images, dtype=np.float32)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"expected images of shape [B, H, W, 1|3], got {images.shape}")
@@ -90,9 +102,4 @@ def save_image_grid(path: str, images: np.ndarray, nrow: int | None = None,
     r, q = divmod(i, nrow)
     y, x = padding + r * (h + padding), padding + q * (w + padding)
     grid[y:y + h, x:x + w] = img
-  grid = (grid * 255 + 0.5).astype(np.uint8)
-  pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
-  import io as _io
-  buf = _io.BytesIO()
-  pil.save(buf, format="PNG")
-  atomic_write_bytes(path, buf.getvalue())
+  return (grid * 255 + 0.5).astype(np.uint8)

@@ -274,7 +274,8 @@ def sampling_variance(name: str, alphas_cumprod: np.ndarray, trajectory: np.ndar
 
 def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "ddpm",
                    eta: float = 0.0,
-                   clip_range: tuple[float, float] | None = DEFAULT_CLIP_RANGE) -> np.ndarray:
+                   clip_range: tuple[float, float] | None = DEFAULT_CLIP_RANGE,
+                   variance: str = "analytic") -> np.ndarray:
   """Per-step costs J[s, t] for 1 <= s < t <= N (inf elsewhere), shape [N + 1, N + 1].
 
   With the analytic variance and the optimal mean, the expected KL of step s <- t is
@@ -283,10 +284,18 @@ def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "d
   replaced by its clipped value 1 - alpha_bar_t C_t / beta_bar_t so that J stays finite. The DDIM
   form (eta > 0 only; eta = 0 has a point-mass q and no KL) uses log(sigma*^2 / lambda^2) itself.
 
+  For a fixed variance sigma^2 ('beta', 'beta_tilde', 'ddim'), the cost is the whole expected KL
+  per dimension, times 2: log(sigma^2 / lambda^2) + (lambda^2 + gamma^2 C_t) / sigma^2 - 1, with the
+  same estimate C_t of the mean's error; this gives the paper's "OT" rows for the baselines.
+
   Args:
     gamma: [N] Gamma_1..Gamma_N.
+    variance: 'analytic' or a fixed variance of `form` (see dpm.reverse.FIXED_VARIANCES).
   """
   reverse.check_form(form)
+  if variance != "analytic":
+    reverse.FIXED_VARIANCES.get(variance, field="variance")
+    reverse.fixed_variance(variance, alphas_cumprod, np.array([1]), form, eta)  # checks the form
   abar = np.asarray(alphas_cumprod, np.float64)
   n = len(abar) - 1
   gamma = np.asarray(gamma, np.float64).reshape(-1)
@@ -298,14 +307,23 @@ def dp_cost_matrix(gamma: np.ndarray, alphas_cumprod: np.ndarray, form: str = "d
   c = posterior_variance(gamma, abar[1:], clip_range)[None, :]
   with np.errstate(divide="ignore", invalid="ignore"):
     beta_ts = 1.0 - abar_t / abar_s
-    if form == "ddpm":
+    if variance != "analytic":
+      beta_tilde = (1.0 - abar_s) * beta_ts / (1.0 - abar_t)
+      terms = reverse.StepTerms(None, None, abar_t, abar_s, beta_ts, beta_tilde)
+      sigma2 = reverse.FIXED_VARIANCES.get(variance)(terms, eta)
+      lam2 = reverse.lambda2(terms, form, eta)
+      err = _gamma2(abar_s, abar_t, lam2, form) * c
+      cost = np.log(sigma2 / lam2) + (lam2 + err) / sigma2 - 1.0
+      cost = np.where(np.isfinite(cost), cost, np.inf)
+    elif form == "ddpm":
       g = 1.0 - abar_t * c / (1.0 - abar_t)             # clipped Gamma_t
       ratio = 1.0 - beta_ts * g / (1.0 - abar_t)        # sigma*^2 / lambda^2 up to telescoping
     else:
       lam2 = eta ** 2 * (1.0 - abar_s) * beta_ts / (1.0 - abar_t)
       ratio = 1.0 + _gamma2(abar_s, abar_t, lam2, form) * c / lam2
-    # A step whose variance would be <= 0 (possible only without the clip) is not allowed.
-    cost = np.where(ratio > 0, np.log(np.where(ratio > 0, ratio, 1.0)), np.inf)
+    if variance == "analytic":
+      # A step whose variance would be <= 0 (possible only without the clip) is not allowed.
+      cost = np.where(ratio > 0, np.log(np.where(ratio > 0, ratio, 1.0)), np.inf)
   out = np.full((n + 1, n + 1), np.inf)
   upper = np.triu(np.ones((n, n), bool), 1)
   out[1:, 1:] = np.where(upper, cost, np.inf)
@@ -364,6 +382,80 @@ def trajectory_cost(cost: np.ndarray, trajectory: np.ndarray) -> float:
   """Total cost sum_k cost[tau_k, tau_{k+1}] of any trajectory (to compare even/quad with DP)."""
   t = np.asarray(trajectory, np.int64)
   return float(np.sum(cost[t[:-1], t[1:]]))
+
+
+def reliable_prefix(gamma: np.ndarray) -> int:
+  """N1 such that Gamma_1..Gamma_N1 are trusted for the DP (N1 = N if no estimate exceeds 1).
+
+  The true Gamma_t = 1 - (alpha_bar_t / beta_bar_t) C_t is at most 1; a Monte Carlo estimate above 1
+  shows that noise dominates there (C_t's error is Gamma's times beta_bar_t / alpha_bar_t, which
+  grows without bound in t). With C_t clipped to 0 at such a t, a step from t straight to s = 1
+  looks free, and the DP takes it (a path 1 -> 975 -> ... -> N costs thousands of bits/dim on
+  MNIST). As in the authors' evaluation, the DP runs only below the first such t, with a margin as
+  long as the tail itself; the tail gets evenly spaced steps (see segmented_trajectories).
+  """
+  gamma = np.asarray(gamma, np.float64).reshape(-1)
+  n = len(gamma)
+  bad = np.flatnonzero(gamma > 1.0)
+  if bad.size == 0:
+    return n
+  first = int(bad[0]) + 1                 # the timestep of the first estimate above 1
+  return max(n - 2 * (n - first + 1), 2)
+
+
+def segmented_trajectories(cost: np.ndarray, gamma: np.ndarray,
+                           ks: Sequence[int]) -> dict[int, np.ndarray]:
+  """DP-optimal trajectories on the reliable prefix 1..N1 of `gamma`, evenly spaced steps above.
+
+  The authors' split: K1 = ceil((1 - 0.8 r) K) steps, r = (N - N1) / N, go to the DP on 1..N1
+  (ending at N1) and K2 = K - K1 (at least 1, at most N - N1) to the tail (N1, N].
+  With N1 = N this is optimal_trajectories.
+  """
+  n = cost.shape[0] - 1
+  n1 = reliable_prefix(gamma)
+  if n1 >= n:
+    return {k: traj for k, (traj, _) in optimal_trajectories(cost, ks).items()}
+  out = {}
+  for k in ks:
+    k = int(k)
+    if k >= n:
+      out[k] = np.arange(1, n + 1)
+      continue
+    k1 = min(math.ceil((1.0 - 0.8 * (n - n1) / n) * k), n1, k - 1)
+    k2 = min(k - k1, n - n1)
+    k1 = k - k2
+    head = (optimal_trajectory(cost[:n1 + 1, :n1 + 1], k1)[0] if k1 >= 2
+            else np.array([1], np.int64))
+    tail = np.round(np.linspace(n1, n, k2 + 1)[1:]).astype(np.int64)
+    traj = np.concatenate([head, tail])
+    out[k] = reverse._strictly_increasing(traj, n)
+  return out
+
+
+def data_variance(x0: np.ndarray) -> float:
+  """tr Cov(x_0) / d of a data sample: an upper bound on C_t (law of total variance)."""
+  x = np.asarray(x0, np.float64).reshape(len(x0), -1)
+  return float(np.mean(np.var(x, axis=0)))
+
+
+def isotonic_gamma(gamma: np.ndarray, alphas_cumprod: np.ndarray, upper: float) -> np.ndarray:
+  """Gamma_1..Gamma_N re-estimated so that C_t is non-decreasing in t and lies in [0, upper].
+
+  Not in the paper: C_t = E Var(x_0 | x_t) averaged over dimensions can only grow with t (x_0 ->
+  x_s -> x_t is a Markov chain, so x_t tells less about x_0 than x_s), and it is at most the data's
+  variance tr Cov(x_0) / d. The Monte Carlo C_t are projected onto such sequences by weighted least
+  squares (isotonic regression, scikit-learn), each weighted by its inverse Monte Carlo variance,
+  proportional to (alpha_bar_t / beta_bar_t)^2. This removes the estimates above 1 that the DP
+  would otherwise exploit, without cutting the trajectory in two.
+  """
+  from sklearn.isotonic import IsotonicRegression
+  abar = np.asarray(alphas_cumprod, np.float64)[1:]
+  ratio = abar / (1.0 - abar)
+  c = posterior_variance(gamma, abar, None)
+  t = np.arange(1, len(abar) + 1, dtype=np.float64)
+  fit = IsotonicRegression(y_min=0.0, y_max=float(upper), increasing=True).fit(
+      t, c, sample_weight=ratio ** 2).predict(t)
+  return 1.0 - ratio * fit
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from flax import nnx
 from common import checks, data as data_lib, io, mesh as mesh_lib, train as train_lib
 from common.errors import ConfigError
 from common.registry import Registry
-from dpm import losses, reverse, schedules
+from dpm import analytic, losses, reports, reverse, schedules
 from dpm.unet import UNet, count_params
 
 MODES: Registry = Registry("dpm mode")
@@ -28,7 +28,10 @@ def validate(config) -> None:
   schedules.BETA_SCHEDULES.get(config.diffusion.schedule, field="diffusion.schedule")
   checks.positive(config, "diffusion.num_steps")
   reverse.check_form(config.sample.form)
-  reverse.TRAJECTORIES.get(config.sample.trajectory, field="sample.trajectory")
+  if config.sample.trajectory != "dp":
+    reverse.TRAJECTORIES.get(config.sample.trajectory, field="sample.trajectory")
+  analytic.VARIANCES.get(config.sample.variance, field="sample.variance")
+  reports.validate(config)
   for field in ("sample.num_samples", "sample.num_steps", "sample.eval_steps", "model.ch",
                 "model.num_res_blocks"):
     checks.positive(config, field)
@@ -62,17 +65,29 @@ def _check_divides(config, mesh) -> None:
     checks.divisible(config, field, mesh.size, f"the batch is split over {mesh.size} devices")
 
 
-def sigma2_for(config, alphas_cumprod: np.ndarray, trajectory: np.ndarray) -> np.ndarray:
+def needs_gamma(config) -> bool:
+  """Analytic variances and DP trajectories need Gamma of the model being sampled."""
+  return config.sample.variance == "analytic" or config.sample.trajectory == "dp"
+
+
+def trajectory_for(config, num_steps: int, gamma: np.ndarray | None) -> np.ndarray:
   s = config.sample
-  return reverse.fixed_variance(s.variance, alphas_cumprod, trajectory, s.form, s.eta)
+  if s.trajectory == "dp":
+    variance = s.variance if s.form == "ddpm" else "analytic"
+    return reports.dp_trajectories(config, gamma, variance, [num_steps])[num_steps]
+  return reverse.make_trajectory(s.trajectory, num_steps, config.diffusion.num_steps)
 
 
 def make_sampler(config, graphdef: nnx.GraphDef, alphas_cumprod: np.ndarray, num_steps: int,
-                 mesh) -> callable:
-  """Jitted (params, rng) -> samples [num_samples, ...] over a `num_steps`-step trajectory."""
+                 mesh, gamma: np.ndarray | None = None) -> callable:
+  """Jitted (params, rng) -> samples [num_samples, ...] over a `num_steps`-step trajectory.
+
+  `gamma` (Gamma_1..Gamma_N of these parameters) is needed for sample.variance='analytic' and
+  sample.trajectory='dp'.
+  """
   s = config.sample
-  trajectory = reverse.make_trajectory(s.trajectory, num_steps, config.diffusion.num_steps)
-  sigma2 = sigma2_for(config, alphas_cumprod, trajectory)
+  trajectory = trajectory_for(config, num_steps, gamma)
+  sigma2 = reports.variance_for(config, s.variance, trajectory, s.form, s.eta, gamma)
 
   @functools.partial(jax.jit, static_argnums=2, out_shardings=mesh_lib.batch_sharding(mesh))
   def sample(params, rng, shape):
@@ -141,12 +156,18 @@ def train(config, workdir: str):
                len(setup.data.train))
   trainer = train_lib.Trainer(config, workdir, setup.model, setup.loss_fn, setup.mesh)
   train_rng, sample_rng, eval_rng = jax.random.split(setup.rng, 3)
-  sampler = make_sampler(config, trainer.graphdef, setup.alphas_cumprod, config.sample.eval_steps,
-                         setup.mesh)
+  sampler = (None if needs_gamma(config) else make_sampler(
+      config, trainer.graphdef, setup.alphas_cumprod, config.sample.eval_steps, setup.mesh))
 
   def evaluate(state, step):
     t0 = time.time()
-    images = sampler(state.ema_params, sample_rng, setup.sample_shape)
+    run = sampler
+    if run is None:  # Gamma belongs to these parameters: estimate it (cached) at every evaluation
+      gamma = reports.gamma_for(setup, reports.eps_partial(
+          nnx.merge(trainer.graphdef, state.ema_params)), step, workdir)
+      run = make_sampler(config, trainer.graphdef, setup.alphas_cumprod,
+                         config.sample.eval_steps, setup.mesh, gamma)
+    images = run(state.ema_params, sample_rng, setup.sample_shape)
     path = write_samples(workdir, f"step_{step:07d}", np.asarray(jax.device_get(images)))
     loss = test_loss(setup, state.ema_params, trainer.graphdef, eval_rng)
     logging.info("step %d: test loss (EMA) %.4f; %d samples in %.1fs -> %s", step, loss,
@@ -156,6 +177,30 @@ def train(config, workdir: str):
   hooks = [train_lib.Hook(config.train.eval_every, evaluate)]
   batches = lambda start: setup.data.train_batches(config.data.batch_size, config.data.seed, start)
   trainer.train(batches, hooks, train_rng)
+  if config.reports:
+    run_reports(config, workdir, setup)
+
+
+def run_reports(config, workdir: str, setup: Setup | None = None) -> dict:
+  """Runs config.reports on the EMA model of the latest checkpoint."""
+  setup = setup or Setup(config)
+  model, step = train_lib.restore_for_inference(config, workdir, build_model(
+      config, setup.data.shape, config.seed))
+  out = {}
+  for name in config.reports:
+    t0 = time.time()
+    logging.info("Report %r on the model of step %d...", name, step)
+    out[name] = reports.REPORTS.get(name, field="reports")(setup, model, step, workdir)
+    logging.info("Report %r done in %.1fs.", name, time.time() - t0)
+  return out
+
+
+@MODES.register("report")
+def report(config, workdir: str):
+  if not config.reports:
+    raise ConfigError("--mode=report needs config.reports, e.g. --config.reports=analytic,solver "
+                      f"(known: {', '.join(reports.REPORTS.names())})")
+  return run_reports(config, workdir)
 
 
 @MODES.register("eval")
@@ -177,10 +222,12 @@ def sample(config, workdir: str):
   model, step = train_lib.restore_for_inference(config, workdir, setup.model)
   graphdef, params = nnx.split(model, nnx.Param)
   s = config.sample
-  sampler = make_sampler(config, graphdef, setup.alphas_cumprod, s.num_steps, setup.mesh)
+  gamma = (reports.gamma_for(setup, reports.eps_partial(model), step, workdir)
+           if needs_gamma(config) else None)
+  sampler = make_sampler(config, graphdef, setup.alphas_cumprod, s.num_steps, setup.mesh, gamma)
   t0 = time.time()
   images = np.asarray(jax.device_get(sampler(params, jax.random.key(s.seed), setup.sample_shape)))
-  name = f"step_{step:07d}_{s.form}_{s.variance}_K{s.num_steps}"
+  name = f"step_{step:07d}_{s.form}_{s.variance}_{s.trajectory}_K{s.num_steps}"
   path = write_samples(workdir, name, images)
   if mesh_lib.is_main_process():
     io.atomic_save_npy(os.path.join(workdir, "samples", f"{name}.npy"), images)

@@ -84,19 +84,25 @@ def _nll_nats(eps_fn, x0, rng, num, t, abar_t, coefs, lam2, sigma2, dec_var, aba
     noise = jax.random.normal(jax.random.fold_in(rng, k), x0.shape, x0.dtype)
     return jnp.sqrt(abar_t[k]) * x0 + jnp.sqrt(1.0 - abar_t[k]) * noise, noise
 
+  d = math.prod(x0.shape[1:])
+
   def step(k, total):
     x_t, noise = draw(k)
     mean_p, _, _ = reverse.reverse_mean(eps_fn, x_t, k, t, abar_t, coefs, clip_denoised)
     c_x0, c_xt, c_eps = (c[k] for c in coefs)
     mean_q = c_x0 * x0 + c_xt * x_t + c_eps * noise
-    return total + gaussian_kl(mean_q, lam2[k], mean_p, sigma2[k])
+    err = jnp.sum(jnp.reshape((mean_q - mean_p) ** 2, (batch, -1)), axis=1)      # [B]
+    var_p = sigma2[:, k][:, None]                                                 # [V, 1]
+    # KL of isotropic Gaussians for every variance choice at once, sharing the model call.
+    kl = 0.5 * (d * (jnp.log(var_p / lam2[k]) + lam2[k] / var_p - 1.0) + err[None] / var_p)
+    return total + kl
 
   prior = gaussian_kl(jnp.sqrt(abar_n) * x0, 1.0 - abar_n, jnp.zeros_like(x0), 1.0)
-  kls = jax.lax.fori_loop(1, num, step, jnp.zeros((batch,), x0.dtype))
+  kls = jax.lax.fori_loop(1, num, step, jnp.zeros((sigma2.shape[0], batch), x0.dtype))
   x_1, _ = draw(0)
   mean_0, _, _ = reverse.reverse_mean(eps_fn, x_1, 0, t, abar_t, coefs, clip_denoised)
   logp = discretized_gaussian_log_prob(x0, mean_0, dec_var, num_bins, data_range)
-  return prior + kls - jnp.sum(jnp.reshape(logp, (batch, -1)), axis=1)
+  return prior + kls - jnp.sum(jnp.reshape(logp, (batch, -1)), axis=1)              # [V, B]
 
 
 def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.ndarray,
@@ -112,7 +118,8 @@ def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.nd
     alphas_cumprod: [N + 1], alphas_cumprod[0] = 1.
     trajectory: [K] increasing ints ending at N.
     sigma2: [K] reverse variances (index k: step trajectory[k] -> trajectory[k-1]); sigma2[0] is
-      not used (the decoder has `decoder_var`).
+      not used (the decoder has `decoder_var`). Or [V, K]: V variance choices evaluated on the
+      same x_t draws and model calls (one model call per step serves all V).
     x0: [B, ...] data on the bin centres of `num_bins` levels in data_range.
     rng: PRNG key for the x_t draws.
     form, eta: reverse-mean form; the DDIM form needs eta > 0 (else q(x_s|x_t,x_0) is a point mass).
@@ -121,7 +128,7 @@ def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.nd
     clip_denoised: clip x0_hat to [-1, 1] in the reverse mean, as when sampling.
 
   Returns:
-    [B] bits/dim.
+    [B] bits/dim ([V, B] for a [V, K] sigma2).
   """
   reverse.check_form(form)
   terms = reverse.step_terms(alphas_cumprod, trajectory)
@@ -136,28 +143,36 @@ def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.nd
   num_steps = len(abar) - 1
 
   def pad(a, dt=dtype):  # per-step arrays padded to length N: one compile serves every K
-    out = np.ones(num_steps, np.float64)
-    out[:len(a)] = a
+    a = np.asarray(a, np.float64)
+    out = np.ones(a.shape[:-1] + (num_steps,), np.float64)
+    out[..., :a.shape[-1]] = a
     return jnp.asarray(out, dt)
+
+  sigma2 = np.asarray(sigma2, np.float64)
+  single = sigma2.ndim == 1
+  if sigma2.shape[-1] != len(terms.t) or sigma2.ndim > 2:
+    raise ValueError(f"sigma2 has shape {sigma2.shape}: expected [K] or [V, K] with K={len(terms.t)}")
 
   nats = _nll_nats(
       analytic.as_pytree_fn(eps_fn), jnp.asarray(x0), rng, jnp.int32(len(terms.t)),
       pad(terms.t, jnp.int32), pad(terms.abar_t), tuple(pad(c) for c in coefs),
-      pad(np.maximum(lam2, 1e-30)), pad(np.asarray(sigma2, np.float64)),
+      pad(np.maximum(lam2, 1e-30)), pad(np.atleast_2d(sigma2)),
       jnp.asarray(decoder_var, dtype), jnp.asarray(abar[-1], dtype), form=form,
       clip_denoised=bool(clip_denoised), num_bins=int(num_bins),
       data_range=tuple(map(float, data_range)))
   d = math.prod(jnp.shape(x0)[1:])
-  return nats / (d * math.log(2.0))
+  bpd = nats / (d * math.log(2.0))
+  return bpd[0] if single else bpd
 
 
 def nll_bpd_dataset(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.ndarray,
                     sigma2: np.ndarray, x0: np.ndarray, rng: jax.Array, *, batch_size: int = 256,
                     **kwargs) -> np.ndarray:
-  """nll_bpd over a whole split in chunks of batch_size (chunk i uses fold_in(rng, i)); [M]."""
+  """nll_bpd over a whole split in chunks of batch_size (chunk i uses fold_in(rng, i)); [M]
+  ([V, M] for a [V, K] sigma2)."""
   out = []
   for i, start in enumerate(range(0, len(x0), batch_size)):
     chunk = np.asarray(x0[start:start + batch_size])
     out.append(np.asarray(nll_bpd(eps_fn, alphas_cumprod, trajectory, sigma2, chunk,
                                   jax.random.fold_in(rng, i), **kwargs)))
-  return np.concatenate(out)
+  return np.concatenate(out, axis=-1)

@@ -180,7 +180,7 @@ def sample(eps_fn: EpsFn, x_T: jax.Array, rng: jax.Array, alphas_cumprod: np.nda
   coefs = tuple(jnp.asarray(c, dtype) for c in mean_coefs(alphas_cumprod, trajectory, form, eta))
   t = jnp.asarray(terms.t, jnp.int32)
   abar_t = jnp.asarray(terms.abar_t, dtype)
-  std = jnp.sqrt(jnp.asarray(np.maximum(sigma2, 0.0), dtype))
+  std = jnp.sqrt(jnp.maximum(jnp.asarray(sigma2, dtype), 0.0))  # sigma2 may be traced
   num = len(terms.t)
 
   def body(i, x):

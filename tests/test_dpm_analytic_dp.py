@@ -58,11 +58,12 @@ def _mixture_gamma(schedule, n):
   return ac, np.asarray(gamma, np.float64)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_dp_never_above_even_or_quad(schedule):
+@pytest.mark.parametrize("schedule,variance", [("linear", "analytic"), ("cosine", "analytic"),
+                                               ("linear", "beta")])
+def test_dp_never_above_even_or_quad(schedule, variance):
   n = 1000
   ac, gamma = _mixture_gamma(schedule, n)
-  cost = analytic.dp_cost_matrix(gamma, ac)
+  cost = analytic.dp_cost_matrix(gamma, ac, variance=variance)
   ks = [2, 5, 10, 25, 50, 100]
   best = analytic.optimal_trajectories(cost, ks)
   for k in ks:
@@ -107,3 +108,78 @@ def test_dp_cost_is_the_kl_of_the_analytic_variance():
                              rtol=1e-10)
   with pytest.raises(ConfigError):
     analytic.dp_cost_matrix(gamma, ac, form="ddim", eta=0.0)
+
+
+def test_dp_cost_of_a_fixed_variance_is_its_kl():
+  """For sigma^2 = beta or beta_tilde the cost is 2/d times the step's expected KL,
+  log(sigma^2/lambda^2) + sigma*^2/sigma^2 - 1 (sigma*^2 = lambda^2 + gamma^2 C_t from
+  optimal_variance), never below the analytic variance's log(sigma*^2/lambda^2), with equality
+  nowhere else than where sigma^2 = sigma*^2."""
+  n = 200
+  ac = schedules.get_alphas_cumprod("linear", n)
+  gamma = np.clip(np.linspace(0.0, 1.1, n) + 0.05 * np.sin(np.arange(n)), 0, None)
+  traj = np.array([1, 3, 20, 21, 90, 150, n])
+  terms = reverse.step_terms(ac, traj)
+  s, t = traj[:-1], traj[1:]
+  best = analytic.optimal_variance(gamma, ac, traj)[1:]
+  lam2 = terms.beta_tilde[1:]
+  for name in ("beta", "beta_tilde"):
+    sigma2 = reverse.fixed_variance(name, ac, traj)[1:]
+    cost = analytic.dp_cost_matrix(gamma, ac, variance=name)
+    expected = np.log(sigma2 / lam2) + best / sigma2 - 1.0
+    np.testing.assert_allclose(cost[s, t], expected, rtol=1e-9, atol=1e-12)
+    assert np.all(cost[s, t] >= np.log(best / lam2) - 1e-12)
+  with pytest.raises(ConfigError, match="variance"):
+    analytic.dp_cost_matrix(gamma, ac, variance="sn")
+  with pytest.raises(ConfigError, match="ddim"):
+    analytic.dp_cost_matrix(gamma, ac, variance="ddim")
+
+
+def test_segmented_dp_keeps_to_the_reliable_prefix():
+  n = 200
+  ac = schedules.get_alphas_cumprod("linear", n)
+  gamma = np.clip(np.linspace(0.0, 0.999, n), 0, None)
+  cost = analytic.dp_cost_matrix(gamma, ac)
+  assert analytic.reliable_prefix(gamma) == n
+  plain = analytic.optimal_trajectories(cost, [5, 20])
+  seg = analytic.segmented_trajectories(cost, gamma, [5, 20])
+  for k in (5, 20):
+    np.testing.assert_array_equal(seg[k], plain[k][0])   # nothing to cut: the plain DP
+  noisy = gamma.copy()
+  noisy[169] = 1.001                                     # first estimate above 1 at t = 170
+  n1 = analytic.reliable_prefix(noisy)
+  assert n1 == n - 2 * (n - 170 + 1) == 138
+  cost = analytic.dp_cost_matrix(noisy, ac)
+  for k in (3, 10, 20, n):
+    traj = analytic.segmented_trajectories(cost, noisy, [k])[k]
+    assert len(traj) == k and traj[0] == 1 and traj[-1] == n and np.all(np.diff(traj) > 0)
+    head = traj[traj <= n1]
+    if 2 <= len(head) < k:                               # the head is DP-optimal on 1..N1
+      best = analytic.optimal_trajectory(cost[:n1 + 1, :n1 + 1], len(head))[0]
+      np.testing.assert_array_equal(head, best)
+      assert head[-1] == n1
+      np.testing.assert_allclose(np.diff(traj[len(head) - 1:]), (n - n1) / (k - len(head)),
+                                 atol=1)                 # the tail is evenly spaced
+
+
+def test_isotonic_gamma_is_monotone_bounded_and_closer_to_the_truth():
+  """On a mixture (true Gamma from the posterior), Monte Carlo-like noise on Gamma makes some
+  estimates exceed 1; the refit has C_t non-decreasing, within [0, tr Cov / d], no Gamma above 1,
+  and a smaller error in C_t than the clipped raw estimate where the noise matters."""
+  n = 1000
+  ac, gamma = _mixture_gamma("linear", n)
+  rs = np.random.RandomState(1)
+  noisy = gamma + 0.002 * rs.randn(n)
+  assert np.sum(noisy > 1) > 10
+  comp = rs.choice(4, 200_000, p=MIX.weights)
+  x = MIX.means[comp] + MIX.stds[comp, None] * rs.randn(200_000, 4)
+  upper = analytic.data_variance(x)
+  truth = analytic.posterior_variance(gamma, ac[1:], None)
+  assert np.all(truth <= upper * 1.05)                   # law of total variance
+  refit = analytic.isotonic_gamma(noisy, ac, upper)
+  c = analytic.posterior_variance(refit, ac[1:], None)
+  assert np.all(np.diff(c) >= -1e-9) and c.min() >= 0 and c.max() <= upper + 1e-9
+  assert np.all(refit <= 1 + 1e-12)
+  raw = analytic.posterior_variance(noisy, ac[1:], (0.0, 1.0))
+  late = slice(n // 2, n)
+  assert np.mean((c[late] - truth[late]) ** 2) < 0.5 * np.mean((raw[late] - truth[late]) ** 2)

@@ -157,6 +157,12 @@ def test_analytic_nll_beats_both_fixed_variances():
       out[name] = np.asarray(nll.nll_bpd(eps_fn, ac, traj, sigma2, test, jax.random.PRNGKey(4)),
                              np.float64)
     results[k] = {name: v.mean() for name, v in out.items()}
+    if k == ks[0]:  # all three at once ([V, K] sigma2, shared model calls) give the same numbers
+      stacked = np.stack([analytic.reverse_variance(name, ac, traj, gamma=g)
+                          for name in ("beta", "beta_tilde", "analytic")])
+      together = nll.nll_bpd(eps_fn, ac, traj, stacked, test, jax.random.PRNGKey(4))
+      for i, name in enumerate(("beta", "beta_tilde", "analytic")):
+        np.testing.assert_allclose(together[i], out[name], rtol=2e-5, atol=1e-5)
     for base in ("beta", "beta_tilde"):
       diff = out[base] - out["analytic"]
       assert diff.mean() > 4 * diff.std() / math.sqrt(len(diff)), (k, base, results[k])

@@ -38,6 +38,33 @@ def get_config() -> ConfigDict:
       seed=1,
   ))
   c.eval = ConfigDict(dict(num_examples=10_000, batch_size=500))
+  # Reports run after training and with --mode=report (dpm/reports.py): 'analytic', 'solver'.
+  c.reports = ()
+  c.analytic = ConfigDict(dict(
+      gamma_examples=1000,  # training images per timestep for Gamma (paper: 50,000 on CIFAR-10)
+      gamma_batch=500,
+      seed=0,
+      gamma_estimate="mc",  # 'mc': the paper's; 'isotonic': C_t refitted non-decreasing (ours)
+      clip=True,            # clip C_t to [0, 1] (Thm 2); False for the ablation
+      first_step_clip=True,  # the sampling clip of the step to x_{tau_1}
+      ks=(10, 25, 50, 100, 200, 1000),
+      variances=("beta", "beta_tilde", "analytic"),  # rows on the even (and quad) trajectories
+      trajectories=("even", "dp"),
+      dp_variances=("beta", "analytic"),  # each with its own DP-optimal trajectory (paper's OT rows)
+      nll_examples=10_000,  # test examples (all of a smaller test split)
+      nll_batch=500,
+      grid_ks=(10, 25),     # sample grids: DDPM vs Analytic-DDPM, DDIM vs Analytic-DDIM
+      grid_samples=64,
+      ddpm_baseline="beta_tilde",
+  ))
+  c.solver = ConfigDict(dict(
+      methods=("ddim", "dpm_solver_fast", "dpm_solver++_2m", "dpm_solver++_3m"),
+      nfes=(10, 15, 20),
+      num_samples=64,
+      seed=2,
+      reference_method="dpm_solver++_3m",
+      reference_nfe=200,
+  ))
   return c
 
 
@@ -46,8 +73,12 @@ def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
   c.model.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(image_size // 2,),
                  dropout=0.1, num_groups=4)
   c.data.batch_size = 16
+  c.diffusion.num_steps = 100  # fewer timesteps for Gamma and the NLL; the plumbing is the same
   c.optim.warmup_steps = 2
   c.train.update(num_steps=6, log_every=2, ckpt_every=3, eval_every=6)
   c.sample.update(num_samples=16, num_steps=10, eval_steps=5)
   c.eval.update(num_examples=64, batch_size=32)
+  c.analytic.update(gamma_examples=16, gamma_batch=16, ks=(2, 5), nll_examples=16, nll_batch=16,
+                    grid_ks=(3,), grid_samples=4)
+  c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("ddim", "dpm_solver++_2m"))
   return c

@@ -1,0 +1,413 @@
+"""Reports on a trained diffusion model, written to the workdir after training or by --mode=report.
+
+A config lists the reports to run in `config.reports`; each is registered in REPORTS and called as
+report(setup, model, step, workdir) with the EMA model of the checkpoint at `step`.
+
+  analytic  Analytic-DPM (issue 3): Gamma by Monte Carlo (cached), the NLL table in bits/dim for the
+            variances and trajectories of `config.analytic` (even and DP-optimal), a plot of NLL vs K,
+            and sample grids DDPM vs Analytic-DDPM and DDIM vs Analytic-DDIM on the same noise.
+  solver    DPM-Solver (issue 4): sample grids at the NFEs of `config.solver` for each method, from
+            the same noise, and each method's RMSE to a high-NFE reference solution of the same ODE.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from common import io, mesh as mesh_lib
+from common.errors import ConfigError, DataError
+from common.registry import Registry
+from dpm import analytic, losses, nll, reverse
+
+REPORTS: Registry = Registry("dpm report")
+
+
+def eps_partial(model: nnx.Module) -> jax.tree_util.Partial:
+  """eps_hat(x, n) of a noise-prediction U-Net as a pytree: the weights are leaves (traced jit
+  arguments), not constants baked into every compiled program."""
+  graphdef, state = nnx.split(model)
+  return jax.tree_util.Partial(functools.partial(_apply_eps, graphdef), state)
+
+
+def _apply_eps(graphdef, state, x, n):
+  return nnx.merge(graphdef, state)(x, losses.network_time(n))
+
+
+def _subset(data, split: str, num: int, seed: int) -> np.ndarray:
+  """`num` examples of a split drawn without replacement (fixed by seed), preprocessed to [-1, 1]:
+  a random subset, since stored splits may be ordered by class."""
+  source = {"train": data.train, "test": data.test}[split]
+  n = len(source)
+  idx = np.arange(n) if num >= n else np.sort(np.random.default_rng(seed).permutation(n)[:num])
+  return data.preprocess(source[idx], None)
+
+
+def _write(workdir: str, rel: str, write) -> str:
+  path = os.path.join(workdir, rel)
+  if mesh_lib.is_main_process():
+    write(path)
+  return path
+
+
+def _figure_of_grids(path: str, panels: dict[tuple[str, str], np.ndarray], title: str) -> None:
+  """One figure: a grid of image grids, rows and columns labelled by the panels' keys."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = list(dict.fromkeys(r for r, _ in panels))
+  cols = list(dict.fromkeys(c for _, c in panels))
+  fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.6 * len(cols), 2.8 * len(rows)),
+                           squeeze=False)
+  for i, r in enumerate(rows):
+    for j, c in enumerate(cols):
+      ax = axes[i][j]
+      ax.axis("off")
+      if (r, c) in panels:
+        img = io.image_grid(panels[(r, c)])
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{c}\n{r}", fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  io.atomic_save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic-DPM
+
+
+def gamma_for(setup, eps: jax.tree_util.Partial, step: int, workdir: str) -> np.ndarray:
+  """Gamma_1..Gamma_N of the model at `step`, from the workdir's cache or estimated (and cached)."""
+  cfg = setup.config.analytic
+  n = setup.config.diffusion.num_steps
+  meta = {"examples": int(cfg.gamma_examples), "seed": int(cfg.seed),
+          "dataset": setup.config.data.name, "schedule": setup.config.diffusion.schedule, "N": n}
+
+  def compute():
+    x0 = _subset(setup.data, "train", cfg.gamma_examples, cfg.seed)
+    logging.info("Estimating Gamma at all %d timesteps from %d training images...", n, len(x0))
+    t0 = time.time()
+    gamma = analytic.estimate_gamma(eps, setup.alphas_cumprod, x0, np.arange(1, n + 1),
+                                    jax.random.key(cfg.seed), batch_size=cfg.gamma_batch,
+                                    mesh=setup.mesh)
+    logging.info("Gamma estimated in %.1fs (%.0f images x timesteps / s).", time.time() - t0,
+                 len(x0) * n / max(time.time() - t0, 1e-9))
+    return gamma
+
+  gamma, cached = analytic.cached_gamma(workdir, step, compute, meta)
+  if cached:
+    logging.info("Gamma of step %d loaded from %s.", step, analytic.gamma_cache_path(workdir))
+  n_bad = int(np.sum(gamma > 1))
+  if n_bad:
+    logging.info("%d of %d Gamma estimates exceed 1 (Monte Carlo noise; the first at t=%d).",
+                 n_bad, n, int(np.flatnonzero(gamma > 1)[0]) + 1)
+  if cfg.gamma_estimate == "isotonic":
+    upper = min(clip_range_of(setup.config)[1] if cfg.clip else 1.0,
+                analytic.data_variance(_subset(setup.data, "train", cfg.gamma_examples, cfg.seed)))
+    gamma = analytic.isotonic_gamma(gamma, setup.alphas_cumprod, upper)
+    logging.info("Gamma refitted: C_t non-decreasing in t and at most the data variance %.4f.",
+                 upper)
+  return gamma
+
+
+def clip_range_of(config) -> tuple[float, float] | None:
+  return analytic.DEFAULT_CLIP_RANGE if config.analytic.clip else None
+
+
+def variance_for(config, name: str, trajectory: np.ndarray, form: str, eta: float,
+                 gamma: np.ndarray | None) -> np.ndarray:
+  """sigma2 [K] for sampling: the named variance, with Analytic-DPM's first-step clip if on."""
+  clip = (analytic.first_step_clip_constant(config.diffusion.schedule, form)
+          if config.analytic.first_step_clip else None)
+  return analytic.sampling_variance(name, config_alphas(config), trajectory, form, eta,
+                                    gamma=gamma, clip_range=clip_range_of(config),
+                                    first_step_clip=clip)
+
+
+@functools.lru_cache(maxsize=8)
+def _alphas(schedule: str, n: int) -> np.ndarray:
+  from dpm import schedules
+  return schedules.get_alphas_cumprod(schedule, n)
+
+
+def config_alphas(config) -> np.ndarray:
+  return _alphas(config.diffusion.schedule, config.diffusion.num_steps)
+
+
+def dp_trajectories(config, gamma: np.ndarray, variance: str, ks) -> dict[int, np.ndarray]:
+  """DP-optimal trajectories (Analytic-DPM Thm 3) for each K under `variance`'s per-step KL, on
+  the timesteps where the Gamma estimate is trustworthy (analytic.segmented_trajectories)."""
+  cost = analytic.dp_cost_matrix(gamma, config_alphas(config), clip_range=clip_range_of(config),
+                                 variance=variance)
+  return analytic.segmented_trajectories(cost, gamma, [int(k) for k in ks])
+
+
+def _nll_jobs(config, gamma: np.ndarray) -> dict[tuple[int, ...], list[tuple[str, str, int]]]:
+  """{trajectory: [(trajectory kind, variance, K), ...]}: rows sharing a trajectory share the
+  model calls (DP trajectories of different variances, or even = DP at K = N, coincide)."""
+  cfg = config.analytic
+  n = config.diffusion.num_steps
+  ks = [int(k) for k in cfg.ks]
+  jobs: dict[tuple[int, ...], list[tuple[str, str, int]]] = {}
+  for kind in cfg.trajectories:
+    if kind == "dp":
+      for v in cfg.dp_variances:
+        for k, traj in dp_trajectories(config, gamma, v, ks).items():
+          jobs.setdefault(tuple(int(t) for t in traj), []).append(("dp", v, k))
+    else:
+      for k in ks:
+        traj = reverse.make_trajectory(kind, k, n)
+        for v in cfg.variances:
+          jobs.setdefault(tuple(int(t) for t in traj), []).append((kind, v, k))
+  return jobs
+
+
+def nll_table(setup, eps, gamma: np.ndarray, step: int) -> list[dict[str, Any]]:
+  """NLL (bits/dim, mean and s.e. over the test examples) of every row of config.analytic."""
+  config = setup.config
+  cfg = config.analytic
+  ac = setup.alphas_cumprod
+  x0 = _subset(setup.data, "test", cfg.nll_examples, cfg.seed)
+  rows = []
+  jobs = _nll_jobs(config, gamma)
+  t_all = time.time()
+  for i, (traj, labels) in enumerate(sorted(jobs.items(), key=lambda kv: len(kv[0]))):
+    traj = np.asarray(traj, np.int64)
+    names = list(dict.fromkeys(v for _, v, _ in labels))
+    sigma2 = np.stack([analytic.reverse_variance(v, ac, traj, gamma=gamma,
+                                                 clip_range=clip_range_of(config)) for v in names])
+    t0 = time.time()
+    bpd = nll.nll_bpd_dataset(eps, ac, traj, sigma2, x0, jax.random.key(cfg.seed + 1),
+                              batch_size=cfg.nll_batch, num_bins=setup.data.num_levels,
+                              clip_denoised=config.sample.clip_denoised)
+    for kind, v, k in labels:
+      values = np.asarray(bpd[names.index(v)], np.float64)
+      rows.append(dict(trajectory=kind, variance=v, K=k, bpd=float(values.mean()),
+                       se=float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1
+                       else float("nan"), num_examples=len(values),
+                       timesteps=traj.tolist() if kind == "dp" else None))
+    logging.info("NLL [%d/%d] K=%d (%s): %s  (%.1fs)", i + 1, len(jobs), len(traj),
+                 ", ".join(f"{kind} {v}" for kind, v, _ in labels),
+                 ", ".join(f"{bpd[j].mean():.3f}" for j in range(len(names))), time.time() - t0)
+  logging.info("NLL table of step %d: %d rows in %.1fs.", step, len(rows), time.time() - t_all)
+  return rows
+
+
+def nll_markdown(rows: list[dict[str, Any]]) -> str:
+  """Rows 'trajectory variance', columns K, cells bpd."""
+  ks = sorted({r["K"] for r in rows})
+  lines = ["| trajectory, variance | " + " | ".join(f"K={k}" for k in ks) + " |",
+           "| --- |" + " --- |" * len(ks)]
+  keys = list(dict.fromkeys((r["trajectory"], r["variance"]) for r in rows))
+  for kind, v in keys:
+    cells = {r["K"]: r for r in rows if (r["trajectory"], r["variance"]) == (kind, v)}
+    lines.append(f"| {kind}, {v} | " + " | ".join(
+        f"{cells[k]['bpd']:.3f}" if k in cells else "" for k in ks) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _nll_plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  keys = list(dict.fromkeys((r["trajectory"], r["variance"]) for r in rows))
+  for kind, v in keys:
+    pts = sorted((r["K"], r["bpd"]) for r in rows if (r["trajectory"], r["variance"]) == (kind, v))
+    ax.plot(*zip(*pts), marker="o", ls="-" if kind == "dp" else "--", label=f"{kind}, {v}")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("K (steps of the reverse process)")
+  ax.set_ylabel("NLL upper bound (bits/dim)")
+  ax.set_title(title, fontsize=9)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  io.atomic_save_figure(fig, path, dpi=120)
+  plt.close(fig)
+
+
+@functools.lru_cache(maxsize=16)
+def _reverse_sampler(ac_key: tuple[str, int], trajectory: tuple[int, ...], form: str, eta: float,
+                     clip: bool):
+  """Jitted (eps, x_T, rng, sigma2) -> x_0; sigma2 is traced, so variances share a compile."""
+  ac = _alphas(*ac_key)
+  traj = np.asarray(trajectory)
+  return jax.jit(lambda eps, x, rng, sigma2: reverse.sample(eps, x, rng, ac, traj, sigma2, form,
+                                                            eta, clip))
+
+
+def analytic_grids(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> dict[str, str]:
+  """Sample grids at each K of analytic.grid_ks: DDPM (fixed baseline) vs Analytic-DDPM and DDIM
+  (eta = 0) vs Analytic-DDIM, all from the same x_T and per-step noise."""
+  config = setup.config
+  cfg = config.analytic
+  n = config.diffusion.num_steps
+  shape = (cfg.grid_samples,) + tuple(setup.data.shape)
+  rng = jax.random.key(config.sample.seed)
+  x_T = jax.random.normal(jax.random.fold_in(rng, 0), shape)
+  key = (config.diffusion.schedule, n)
+  panels, paths = {}, {}
+  for k in cfg.grid_ks:
+    traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
+    for label, form, name in ((f"DDPM ({cfg.ddpm_baseline})", "ddpm", cfg.ddpm_baseline),
+                              ("Analytic-DDPM", "ddpm", "analytic"),
+                              ("DDIM (eta 0)", "ddim", "ddim"),
+                              ("Analytic-DDIM", "ddim", "analytic")):
+      sigma2 = variance_for(config, name, traj, form, 0.0, gamma)
+      run = _reverse_sampler(key, tuple(int(t) for t in traj), form, 0.0,
+                             bool(config.sample.clip_denoised))
+      images = np.asarray(jax.device_get(run(eps, x_T, jax.random.fold_in(rng, 1),
+                                              jnp.asarray(sigma2, jnp.float32))))
+      if not np.all(np.isfinite(images)):
+        raise FloatingPointError(f"non-finite samples from {label} at K={k}")
+      tag = f"{form}_{name}_K{k}"
+      paths[tag] = _write(workdir, f"analytic/samples_step_{step:07d}_{tag}.png",
+                          lambda p, im=images: io.save_image_grid(p, im))
+      panels[(f"K = {k}", label)] = images[:min(len(images), 36)]
+  fig = _write(workdir, f"analytic/samples_step_{step:07d}.png", lambda p: _figure_of_grids(
+      p, panels, f"step {step}, same noise in every panel"))
+  paths["figure"] = fig
+  return paths
+
+
+@REPORTS.register("analytic")
+def analytic_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str, Any]:
+  config = setup.config
+  if not setup.data.is_image:
+    raise DataError(f"the analytic report needs image data (a discrete decoder), not "
+                    f"data.name={config.data.name!r}")
+  eps = eps_partial(model)
+  gamma = gamma_for(setup, eps, step, workdir)
+  rows = nll_table(setup, eps, gamma, step)
+  table = nll_markdown(rows)
+  stem = f"analytic/nll_step_{step:07d}"
+  result = dict(step=step, dataset=config.data.name, schedule=config.diffusion.schedule,
+                gamma_examples=int(config.analytic.gamma_examples),
+                gamma_estimate=config.analytic.gamma_estimate,
+                reliable_prefix=analytic.reliable_prefix(gamma), rows=rows)
+  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, result))
+  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
+  _write(workdir, stem + ".png", lambda p: _nll_plot(
+      p, rows, f"{config.data.name}, step {step}: NLL bound vs K (even --, DP -)"))
+  logging.info("Analytic-DPM NLL (bits/dim) at step %d:\n%s", step, table)
+  if config.analytic.grid_ks:
+    analytic_grids(setup, eps, gamma, step, workdir)
+  return result
+
+
+# ----------------------------------------------------------------------------------------------
+# DPM-Solver
+
+SOLVER_METHODS: Registry = Registry("solver method")
+SOLVER_METHODS.add("ddim", dict(algorithm_type="dpmsolver", order=1, method="multistep",
+                                skip_type="time_uniform"))
+SOLVER_METHODS.add("dpm_solver_fast", dict(algorithm_type="dpmsolver", order=3,
+                                           method="singlestep", skip_type="logSNR"))
+SOLVER_METHODS.add("dpm_solver++_2m", dict(algorithm_type="dpmsolver++", order=2,
+                                           method="multistep", skip_type="time_uniform"))
+SOLVER_METHODS.add("dpm_solver++_3m", dict(algorithm_type="dpmsolver++", order=3,
+                                           method="multistep", skip_type="time_uniform"))
+
+
+def solver_sampler(model: nnx.Module, alphas_cumprod: np.ndarray, method: str, nfe: int):
+  """Jitted (state, x_T) -> x_0 for one solver method at `nfe` model evaluations."""
+  from dpm.solver import DPMSolver, NoiseScheduleVP, model_wrapper
+  spec = dict(SOLVER_METHODS.get(method, field="solver.methods"))
+  graphdef, _ = nnx.split(model)
+  ns = NoiseScheduleVP("discrete", alphas_cumprod=np.asarray(alphas_cumprod)[1:])
+  algorithm = spec.pop("algorithm_type")
+
+  @jax.jit
+  def run(state, x):
+    net = lambda x, t: nnx.merge(graphdef, state)(x, t)
+    solver = DPMSolver(model_wrapper(net, ns, model_type="noise"), ns, algorithm_type=algorithm)
+    return solver.sample(x, steps=nfe, **spec)
+  return run
+
+
+@REPORTS.register("solver")
+def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str, Any]:
+  config = setup.config
+  cfg = config.solver
+  _, state = nnx.split(model)
+  shape = (cfg.num_samples,) + tuple(setup.data.shape)
+  x_T = jax.random.normal(jax.random.key(cfg.seed), shape)
+  t0 = time.time()
+  reference = np.asarray(solver_sampler(model, setup.alphas_cumprod, cfg.reference_method,
+                                        cfg.reference_nfe)(state, x_T))
+  logging.info("Reference: %s at %d NFE in %.1fs.", cfg.reference_method, cfg.reference_nfe,
+               time.time() - t0)
+  rows, panels = [], {}
+  for method in cfg.methods:
+    for nfe in cfg.nfes:
+      t0 = time.time()
+      images = np.asarray(solver_sampler(model, setup.alphas_cumprod, method, int(nfe))(state, x_T))
+      rmse = float(np.sqrt(np.mean((images - reference) ** 2)))
+      rows.append(dict(method=method, nfe=int(nfe), rmse_to_reference=rmse))
+      logging.info("%s, NFE %d: RMSE to reference %.4f (%.1fs with compile)", method, nfe, rmse,
+                   time.time() - t0)
+      _write(workdir, f"solver/samples_step_{step:07d}_{method}_nfe{nfe}.png",
+             lambda p, im=images: io.save_image_grid(p, im))
+      panels[(method, f"NFE {nfe}")] = images[:min(len(images), 36)]
+  _write(workdir, f"solver/samples_step_{step:07d}.png", lambda p: _figure_of_grids(
+      p, panels, f"step {step}: same x_T in every panel"))
+  nfes = sorted({r["nfe"] for r in rows})
+  lines = [f"RMSE per pixel (data in [-1, 1]) to {cfg.reference_method} at {cfg.reference_nfe} NFE, "
+           f"{cfg.num_samples} samples from the same x_T.", "",
+           "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+           "| --- |" + " --- |" * len(nfes)]
+  for method in cfg.methods:
+    vals = {r["nfe"]: r["rmse_to_reference"] for r in rows if r["method"] == method}
+    lines.append(f"| {method} | " + " | ".join(f"{vals[n]:.4f}" for n in nfes) + " |")
+  table = "\n".join(lines) + "\n"
+  result = dict(step=step, reference_method=cfg.reference_method,
+                reference_nfe=int(cfg.reference_nfe), rows=rows)
+  _write(workdir, f"solver/error_step_{step:07d}.json", lambda p: io.atomic_write_json(p, result))
+  _write(workdir, f"solver/error_step_{step:07d}.md", lambda p: io.atomic_write_text(p, table))
+  logging.info("DPM-Solver on the model of step %d:\n%s", step, table)
+  return result
+
+
+def validate(config) -> None:
+  """Rejects unknown report names and bad report settings at start."""
+  for name in config.reports:
+    REPORTS.get(name, field="reports")
+  a = config.analytic
+  n = config.diffusion.num_steps
+  for field, values in (("analytic.ks", a.ks), ("analytic.grid_ks", a.grid_ks),
+                        ("solver.nfes", config.solver.nfes)):
+    for k in values:
+      if not (isinstance(k, int) and 1 <= k <= n):
+        raise ConfigError(f"{field} has {k!r}: expected integers in 1..N={n}")
+  for field in ("analytic.gamma_examples", "analytic.gamma_batch", "analytic.nll_examples",
+                "analytic.nll_batch", "analytic.grid_samples", "solver.num_samples",
+                "solver.reference_nfe"):
+    value = a if field.startswith("analytic") else config.solver
+    if getattr(value, field.split(".")[1]) <= 0:
+      raise ConfigError(f"{field} must be positive")
+  for field in ("analytic.variances", "analytic.dp_variances", "analytic.ddpm_baseline"):
+    values = getattr(a, field.split(".")[1])
+    for v in (values,) if isinstance(values, str) else values:
+      analytic.VARIANCES.get(v, field=field)
+      if v == "ddim":
+        raise ConfigError(f"{field} has 'ddim': the NLL table and the DDPM grids use DDPM-form "
+                          "variances (beta, beta_tilde, analytic); DDIM grids are always drawn")
+  if a.gamma_estimate not in ("mc", "isotonic"):
+    raise ConfigError(f"analytic.gamma_estimate={a.gamma_estimate!r} is invalid: expected 'mc' "
+                      "(the paper's Monte Carlo estimate) or 'isotonic'")
+  for kind in a.trajectories:
+    if kind != "dp":
+      reverse.TRAJECTORIES.get(kind, field="analytic.trajectories")
+  for m in tuple(config.solver.methods) + (config.solver.reference_method,):
+    SOLVER_METHODS.get(m, field="solver.methods")
