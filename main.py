@@ -22,6 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MODE = flags.DEFINE_string("mode", "train", "What to run: train, eval or sample (family-specific).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-node GPU).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "Devices to split the CPU backend into (simulated host devices). Default: "
+    "common.mesh.default_cpu_devices (4 on 2 cores: 2x faster U-Net training there). No effect on "
+    "GPU/TPU runs, nor when XLA_FLAGS sets --xla_force_host_platform_device_count.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,9 +51,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
   mesh.enable_compilation_cache()
+  config = _CONFIG.value
+  cpu_devices = _CPU_DEVICES.value or mesh.default_cpu_devices(config)
+  if mesh.set_cpu_devices(cpu_devices):  # before anything initialises JAX's backends
+    logging.info("CPU backend split into %d devices (--cpu_devices).", cpu_devices)
   if _MULTIHOST.value:
     mesh.initialize_distributed()
-  config = _CONFIG.value
   workdir = _WORKDIR.value
   try:
     family = load_family(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -65,3 +66,45 @@ def enable_compilation_cache(directory: str | None = None) -> None:
     return  # JAX reads the environment itself.
   base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
   jax.config.update("jax_compilation_cache_dir", directory or os.path.join(base, "jax-papers", "xla"))
+
+
+# Fields whose values are split over the `data` axis, so the device count must divide them.
+SHARDED_BATCH_FIELDS = ("data.batch_size", "sample.num_samples")
+
+
+def default_cpu_devices(config: Any, cores: int | None = None) -> int:
+  """How many devices to split the host CPU into when the experiment runs on the CPU backend.
+
+  XLA's CPU convolution gradients use little of a second core; splitting the batch over simulated
+  host devices runs the slices on separate threads. Measured on 2 cores (benchmarks/
+  train_throughput.py, DDPM MNIST U-Net, batch 64): 1.61x with 2 devices, 2.04x with 4, 1.85x with
+  8. Rule: the largest power of two <= min(2 x cores, 8) that divides every sharded batch size.
+  """
+  cores = cores or os.cpu_count() or 1
+  n = 1
+  while n * 2 <= min(2 * cores, 8):
+    n *= 2
+  sizes = []
+  for field in SHARDED_BATCH_FIELDS:
+    node = config
+    for part in field.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+      if node is None:
+        break
+    if isinstance(node, int) and node > 0:
+      sizes.append(node)
+  while n > 1 and any(size % n for size in sizes):
+    n //= 2
+  return n
+
+
+def set_cpu_devices(count: int) -> bool:
+  """Splits the CPU backend into `count` devices; must run before JAX initialises its backends.
+
+  Leaves an explicit XLA_FLAGS=--xla_force_host_platform_device_count alone (returns False). Only
+  the CPU backend is affected: on a GPU or TPU machine the mesh still uses the accelerators.
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or count < 1:
+    return False
+  jax.config.update("jax_num_cpu_devices", int(count))
+  return True

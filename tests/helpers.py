@@ -27,8 +27,8 @@ def env(devices: int = 1) -> dict[str, str]:
   e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   e["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   e["JAX_PLATFORMS"] = "cpu"
-  if devices > 1:
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # Explicit, also for 1: main.py would otherwise split the CPU (common.mesh.default_cpu_devices).
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return e
 
 
