@@ -16,9 +16,15 @@ def initialize_distributed() -> None:
   """Connects the processes of a multi-host job (TPU pod, multi-node GPU).
 
   On Cloud TPU and SLURM the coordinator is discovered from the environment; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX
+  itself reads only the first). CPU processes exchange collectives through gloo.
   """
-  jax.distributed.initialize()
+  kwargs = {}
+  for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(env):
+      kwargs[key] = int(os.environ[env])
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def is_main_process() -> bool:
@@ -108,3 +114,11 @@ def set_cpu_devices(count: int) -> bool:
     return False
   jax.config.update("jax_num_cpu_devices", int(count))
   return True
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A (possibly multi-process, sharded) array as one numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

@@ -143,7 +143,7 @@ def test_loss(setup: Setup, params, graphdef, rng) -> float:
   total, count = 0.0, 0
   cfg = setup.config.eval
   for i, batch in enumerate(setup.data.eval_batches("test", cfg.batch_size, cfg.num_examples)):
-    loss = eval_step(params, jnp.asarray(batch), jax.random.fold_in(rng, i))
+    loss = eval_step(params, batch, jax.random.fold_in(rng, i))  # numpy: replicated on a pod
     total, count = total + float(loss) * len(batch), count + len(batch)
   return total / max(count, 1)
 
@@ -168,7 +168,7 @@ def train(config, workdir: str):
       run = make_sampler(config, trainer.graphdef, setup.alphas_cumprod,
                          config.sample.eval_steps, setup.mesh, gamma)
     images = run(state.ema_params, sample_rng, setup.sample_shape)
-    path = write_samples(workdir, f"step_{step:07d}", np.asarray(jax.device_get(images)))
+    path = write_samples(workdir, f"step_{step:07d}", mesh_lib.to_host(images))
     loss = test_loss(setup, state.ema_params, trainer.graphdef, eval_rng)
     logging.info("step %d: test loss (EMA) %.4f; %d samples in %.1fs -> %s", step, loss,
                  config.sample.num_samples, time.time() - t0, path)
@@ -226,7 +226,7 @@ def sample(config, workdir: str):
            if needs_gamma(config) else None)
   sampler = make_sampler(config, graphdef, setup.alphas_cumprod, s.num_steps, setup.mesh, gamma)
   t0 = time.time()
-  images = np.asarray(jax.device_get(sampler(params, jax.random.key(s.seed), setup.sample_shape)))
+  images = mesh_lib.to_host(sampler(params, jax.random.key(s.seed), setup.sample_shape))
   name = f"step_{step:07d}_{s.form}_{s.variance}_{s.trajectory}_K{s.num_steps}"
   path = write_samples(workdir, name, images)
   if mesh_lib.is_main_process():

@@ -22,9 +22,14 @@ RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=60",
 def _final_params(workdir):
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step()
-  # Restore without a template: compare raw arrays of the params subtree.
+  # Restore the raw arrays of the params subtree onto this process's first device, whatever
+  # devices (or processes) saved them.
   import orbax.checkpoint as ocp
-  restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt.step_dir(step), "state"))
+  path = os.path.join(ckpt.step_dir(step), "state")
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                        ocp.StandardCheckpointer().metadata(path).item_metadata)
+  restored = ocp.StandardCheckpointer().restore(path, target)
   return step, restored["params"]
 
 
