@@ -5,6 +5,8 @@ boundary midpoints (sinks, required), every vertex within geodesic range `--rang
 objective = length + travel_weight * travel proxy (the paper's objective), distance labels.
 
   PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,7,8,9,10,12,14,16 --time-limit 60
+  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,8,10 --solvers cpsat \
+      --connectivity tree --cpsat-params "symmetry_level:4"      (variants of the model/solver)
 
 Each solver gets the full time limit on its own (CP-SAT with 8 workers, HiGHS with threads capped
 at the core count); 'portfolio' rows (CP-SAT then HiGHS warm-started) with --portfolio. A size is
@@ -20,12 +22,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.sweep import apply_overrides  # noqa: E402
 from configs.netdesign import base  # noqa: E402
 from netdesign import checker, experiment, model, solvers  # noqa: E402
 from netdesign import spec as spec_lib  # noqa: E402
 
 
-def grid_config(n: int, time_limit: float, coverage: float, travel: float, ball_cuts: bool = True):
+def grid_config(n: int, time_limit: float, coverage: float, travel: float, ball_cuts: bool = True,
+                **overrides):
   c = base.get_config()
   c.template.nx = c.template.ny = n
   m = (n - 1) / 2
@@ -35,11 +39,16 @@ def grid_config(n: int, time_limit: float, coverage: float, travel: float, ball_
   c.model.travel_weight = travel
   c.solver.time_limit = time_limit
   c.model.ball_cuts = ball_cuts
-  return c
+  return apply_overrides(c, overrides)
 
 
 def run_one(n, solver, args) -> dict:
-  config = grid_config(n, args.time_limit, args.range, args.travel_weight, not args.no_ball_cuts)
+  over = {"model.connectivity": args.connectivity, "model.travel_term": args.travel_term,
+          "spec.coverage.locations": args.locations, "solver.cpsat_params": args.cpsat_params}
+  if args.threads:
+    over["solver.threads"] = args.threads
+  config = grid_config(n, args.time_limit, args.range, args.travel_weight, not args.no_ball_cuts,
+                       **over)
   experiment.validate(config)
   inst = spec_lib.from_config(config)
   built = model.build(inst)
@@ -63,8 +72,14 @@ def main(argv=None):
   p.add_argument("--portfolio", action="store_true")
   p.add_argument("--no-ball-cuts", action="store_true", help="ablation: the paper's rows only")
   p.add_argument("--json", default="", help="also write the rows to this file")
+  p.add_argument("--solvers", default="cpsat,highs")
+  p.add_argument("--connectivity", default="labels", help="labels | tree | flow")
+  p.add_argument("--travel-term", default="proxy", help="proxy | mean_trip")
+  p.add_argument("--locations", default="vertices", help="coverage at vertices | edges")
+  p.add_argument("--cpsat-params", default="", help="extra CP-SAT parameters (text format)")
+  p.add_argument("--threads", type=int, default=0, help="solver threads (0: the config's 8)")
   args = p.parse_args(argv)
-  names = ["cpsat", "highs"] + (["portfolio"] if args.portfolio else [])
+  names = args.solvers.split(",") + (["portfolio"] if args.portfolio else [])
   print(f"{'n':>3} {'edges':>5} | " + " | ".join(
       f"{s:>9}: {'time':>6} {'obj':>7} {'bound':>7} {'gap':>6}" for s in names), flush=True)
   rows = []

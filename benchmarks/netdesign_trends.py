@@ -40,9 +40,12 @@ def _sweep_module():
 
 
 def solve(name, overrides, args):
-  config = apply_overrides(_sweep_module().get_config(), {"solver.time_limit": args.time_limit,
-                                                 "solver.name": args.solver,
-                                                 "output.draw": False, **overrides})
+  config = apply_overrides(_sweep_module().get_config(args.variant or None),
+                           {"solver.time_limit": args.time_limit, "solver.name": args.solver,
+                            "output.draw": False, **overrides,
+                            **({"solver.threads": args.threads} if args.threads else {}),
+                            **({"model.connectivity": args.connectivity}
+                               if args.connectivity else {})})
   netdesign.validate(config)
   workdir = os.path.join(args.workdir, name)
   if args.reuse and os.path.exists(os.path.join(workdir, "results.json")):
@@ -87,10 +90,12 @@ def _panels(path, items, suptitle=""):
 
 def travel_sweep(args):
   out = []
-  for override in _sweep_module().get_sweep(None):
+  for override in _sweep_module().get_sweep(args.variant or None):
     w = override["model.travel_weight"]
-    out.append((w, *solve(f"travel_{w}", override, args)))
-  print("\n### Travel weight sweep (sweep.py, get_sweep())\n" + HEADER)
+    tag = args.variant or "mean_trip"
+    tag += f"_{args.connectivity}" if args.connectivity else ""
+    out.append((w, *solve(f"travel_{tag}_{w}", override, args)))
+  print(f"\n### Travel weight sweep (sweep.py:{args.variant}, get_sweep())\n" + HEADER)
   for w, s, _ in out:
     print(_row(f"travel_weight={w}", s))
   fig, ax = plt.subplots(figsize=(3.2, 2.4))
@@ -102,10 +107,11 @@ def travel_sweep(args):
   ax.set_xlabel("network length")
   ax.set_ylabel("mean trip to an exit")
   fig.tight_layout()
-  io.atomic_save_figure(fig, os.path.join(FIGURES, "sweep_tradeoff.png"), dpi=80)
+  suffix = f"_{args.variant}" if args.variant else ""
+  io.atomic_save_figure(fig, os.path.join(FIGURES, f"sweep_tradeoff{suffix}.png"), dpi=80)
   plt.close(fig)
   pick = [out[0], out[len(out) // 2], out[-1]]
-  _panels(os.path.join(FIGURES, "sweep_networks.png"),
+  _panels(os.path.join(FIGURES, f"sweep_networks{suffix}.png"),
           [(n[0], f"w_travel={w}") for w, _, n in pick])
 
 
@@ -150,6 +156,9 @@ def main(argv=None):
   p.add_argument("--ranges", default="1,2,3,4")
   p.add_argument("--only", default="sweep,coverage,dead_ends,alternatives")
   p.add_argument("--reuse", action="store_true", help="re-check saved runs instead of solving")
+  p.add_argument("--threads", type=int, default=0, help="solver threads (0: the config's)")
+  p.add_argument("--connectivity", default="", help="override model.connectivity")
+  p.add_argument("--variant", default="", help="sweep.py variant: '' (mean_trip) or 'proxy'")
   args = p.parse_args(argv)
   args.ranges = [float(r) for r in args.ranges.split(",")]
   os.makedirs(FIGURES, exist_ok=True)

@@ -1,9 +1,12 @@
 """Independent validator of a network.json: graph searches only, nothing from the solver model.
 
 It re-derives every property from the vertex coordinates, the candidate edges and the selected
-subset: no islands (every used vertex reaches a sink), required vertices present, coverage range,
-traffic paths (and detour limit), local-feature counts against their rules, and the objective value
-(length + travel proxy + traffic + soft penalties) which must match what the solver reported.
+subset: no islands (every used vertex reaches a sink), required vertices present, coverage range
+(at the vertices, and with coverage.locations = 'edges' at every point of every template edge, in
+closed form), traffic paths (and detour limit), local-feature counts against their rules, and the
+objective value (length + travel term + traffic + soft penalties) which must match what the solver
+reported. The travel term is the half-edge proxy or the mean trip (walk to the nearest network
+vertex, then along the network to a sink, averaged over the vertices), by spec["travel_term"].
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def check(net: dict, tol: float = 1e-6) -> Report:
   adj = _adjacency(V, E, chosen)
   used = set(adj)
   to_sink = _dijkstra(adj, [s for s in sinks if s in used])
+  walk = _Walks(V, E, _walk_metric(spec["coverage"]))
   islands = sorted(used - set(to_sink))
   if islands:
     bad.append(f"{len(islands)} used vertices cannot reach a sink (islands), e.g. {islands[:5]}")
@@ -105,7 +109,9 @@ def check(net: dict, tol: float = 1e-6) -> Report:
   missing = sorted(set(spec["required"]) - used)
   if missing:
     bad.append(f"required vertices {missing} are not on the network")
-  bad += _check_coverage(V, E, used, spec["coverage"])
+  bad += _check_coverage(walk, used, spec["coverage"])
+  if spec["coverage"]["enabled"] and spec["coverage"].get("locations", "vertices") == "edges":
+    bad += _check_edge_coverage(V, E, set(chosen), used, spec["coverage"])
   traffic_len, msgs = _check_traffic(V, E, adj, spec["traffic"])
   bad += msgs
   feats = count_features(V, E, chosen, sinks)
@@ -117,27 +123,90 @@ def check(net: dict, tol: float = 1e-6) -> Report:
       bad.append(f"feature {name} occurs {feats[name]} < {rule['count']} times")
     if rule["mode"] == "soft":
       penalty += rule["weight"] * feats[name]
-  metrics = _metrics(V, E, chosen, to_sink, feats, used)
+  metrics = _metrics(V, E, chosen, to_sink, feats, used, walk, sinks)
   w = spec["weights"]
-  travel = w["travel"] * metrics["travel_proxy"] if w["travel"] else 0.0
+  key = "mean_travel_distance" if spec.get("travel_term") == "mean_trip" else "travel_proxy"
+  travel = w["travel"] * metrics[key] if w["travel"] else 0.0
   metrics["objective_recomputed"] = (w["length"] * metrics["length"] + travel
                                      + spec["traffic"]["weight"] * traffic_len + penalty)
   bad += _check_objective(net, metrics["objective_recomputed"], tol)
   return Report(not bad, bad, metrics)
 
 
-def _check_coverage(V, E, used, cov) -> list:
+def _walk_metric(cov) -> str:
+  """Walking metric of coverage and of the mean trip: the coverage metric, else geodesic."""
+  return cov["metric"] if cov["enabled"] else "geodesic"
+
+
+class _Walks:
+  """Template distance rows {v: d} from each source, computed on first use."""
+
+  def __init__(self, V, E, metric):
+    self.V, self.E, self.metric, self.rows = V, E, metric, {}
+
+  def __call__(self, u) -> dict:
+    if u not in self.rows:
+      self.rows[u] = _template_distances(self.V, self.E, self.metric, u)
+    return self.rows[u]
+
+
+def _check_coverage(walk, used, cov) -> list:
   if not cov["enabled"]:
     return []
   far = []
-  for u in range(len(V)):
+  for u in range(len(walk.V)):
     if u in used:
       continue
-    d = _template_distances(V, E, cov["metric"], u)
+    d = walk(u)
     if min((d.get(v, math.inf) for v in used), default=math.inf) > cov["range"] + 1e-9:
       far.append(u)
   return [f"{len(far)} vertices are farther than {cov['range']} from the network, e.g. {far[:5]}"
           ] if far else []
+
+
+def _check_edge_coverage(V, E, chosen, used, cov) -> list:
+  """Every point of every unused template edge within the range of a network vertex.
+
+  Geodesic: with d = template distance to the network (one multi-source Dijkstra), the farthest
+  point of edge (a, b) of length L is at (L + d_a + d_b) / 2 when |d_a - d_b| <= L, else at an end.
+  Euclidean: the chords of the used vertices' discs must cover the segment (interval sweep).
+  """
+  r, far = cov["range"], []
+  d = _dijkstra(_adjacency(V, E, range(len(E))), sorted(used)) if cov["metric"] != "euclidean" \
+      else None
+  for x, (a, b) in enumerate(E):
+    if x in chosen:
+      continue
+    length = math.dist(V[a], V[b])
+    if d is not None:
+      da, db = d.get(a, math.inf), d.get(b, math.inf)
+      worst = (length + da + db) / 2 if abs(da - db) <= length else max(da, db)
+      ok = worst <= r + 1e-9
+    else:
+      ok = _chords_cover(V, a, b, length, used, r)
+    if not ok:
+      far.append(x)
+  return [f"{len(far)} template edges have points farther than {r} from the network, e.g. "
+          f"edges {far[:5]}"] if far else []
+
+
+def _chords_cover(V, a, b, length, used, r) -> bool:
+  """Do the discs of radius r around the used vertices cover the segment V[a]-V[b]?"""
+  ux, uy = (V[b][0] - V[a][0]) / length, (V[b][1] - V[a][1]) / length
+  chords = []
+  for v in used:
+    px, py = V[v][0] - V[a][0], V[v][1] - V[a][1]
+    along = px * ux + py * uy
+    half2 = r * r - (px * px + py * py - along * along)
+    if half2 >= -1e-12:
+      h = math.sqrt(max(half2, 0.0))
+      chords.append((along - h, along + h))
+  reach = 0.0
+  for lo, hi in sorted(chords):
+    if lo > reach + 1e-9:
+      return False
+    reach = max(reach, hi)
+  return reach >= length - 1e-9
 
 
 def _check_traffic(V, E, adj, traffic):
@@ -155,14 +224,14 @@ def _check_traffic(V, E, adj, traffic):
   return total, bad
 
 
-def _metrics(V, E, chosen, to_sink, feats, used) -> dict:
+def _metrics(V, E, chosen, to_sink, feats, used, walk, sinks) -> dict:
   """Length, travel proxy sum over used half-edges i->j of (L_ij + dist(j)), loops, ..."""
   length = sum(math.dist(V[E[x][0]], V[E[x][1]]) for x in chosen)
   travel = sum(2 * math.dist(V[i], V[j]) + to_sink.get(i, math.inf) + to_sink.get(j, math.inf)
                for i, j in (E[x] for x in chosen))
   comps = _components(used, chosen, E)
   reach = [to_sink[v] for v in used if v in to_sink]
-  trips = _trips(V, E, to_sink)
+  trips = _trips(walk, used, to_sink, sinks)
   return {"length": length, "travel_proxy": travel, "num_edges": len(chosen),
           "num_vertices": len(used), "components": comps,
           "loops": len(chosen) - len(used) + comps,   # cyclomatic number
@@ -171,26 +240,22 @@ def _metrics(V, E, chosen, to_sink, feats, used) -> dict:
           "mean_travel_distance": sum(trips) / len(trips) if trips else 0.0, **feats}
 
 
-def _trips(V, E, to_sink) -> list:
-  """Per template vertex: walk to the nearest network vertex, then along the network to an exit.
+def _trips(walk, used, to_sink, sinks) -> list:
+  """Per site: walk to the nearest network vertex, then along the network to an exit.
 
-  A multi-source search keyed by (walk, network distance): the access point is the nearest network
-  vertex, ties broken by the shorter network trip.
+  Among equally near network vertices the shortest trip counts. Sites are the vertices that can
+  walk to the template component of a sink (all of them, unless obstacles split the template).
   """
-  adj = _adjacency(V, E, range(len(E)))
-  best = {v: (0.0, d) for v, d in to_sink.items()}
-  heap = [(0.0, d, v) for v, d in to_sink.items()]
-  heapq.heapify(heap)
-  while heap:
-    walk, net, u = heapq.heappop(heap)
-    if (walk, net) > best[u]:
+  comp = {v for s in sinks for v, d in _template_distances(walk.V, walk.E, "geodesic", s).items()}
+  trips = []
+  for u in range(len(walk.V)):
+    d = walk(u)
+    if not any(v in comp for v in d):
       continue
-    for v, w in adj[u]:
-      key = (walk + w, net)
-      if key < best.get(v, (math.inf, math.inf)):
-        best[v] = key
-        heapq.heappush(heap, (walk + w, net, v))
-  return [sum(best[u]) if u in best else math.inf for u in range(len(V))]
+    near = min((d[v] for v in used if v in d), default=math.inf)
+    trips.append(min((d[v] + to_sink.get(v, math.inf) for v in used
+                      if d.get(v, math.inf) <= near + 1e-9), default=math.inf))
+  return trips
 
 
 def _components(used, chosen, E) -> int:
@@ -228,6 +293,9 @@ def _rounding_slack(net) -> float:
   w = net["spec"]["weights"]
   n = len(net["selected"])
   paths = len(net["spec"]["traffic"]["pairs"])
-  # travel proxy sums up to 2n half-edges each with a path of at most len(V) edges.
-  return err * (w["length"] * n + w["travel"] * 2 * n * (len(V) + 1)
+  # travel proxy sums up to 2n half-edges each with a path of at most len(V) edges; a mean trip
+  # is a walk plus a network path of at most len(V) edges each (or one rounded straight line).
+  per_travel = 2 * len(V) + 1 if net["spec"].get("travel_term") == "mean_trip" else 2 * n * (
+      len(V) + 1)
+  return err * (w["length"] * n + w["travel"] * per_travel
                 + net["spec"]["traffic"]["weight"] * paths * len(V)) + 1e-9

@@ -32,6 +32,7 @@ def validate(config) -> None:
   checks.positive(config, "spec.coverage.range", allow_zero=True)
   spec_lib.COVERAGE_METRICS.get(checks.get_field(config, "spec.coverage.metric"),
                                 field="spec.coverage.metric")
+  checks.one_of(config, "spec.coverage.locations", spec_lib.COVERAGE_LOCATIONS)
   for name in spec_lib.FEATURE_NAMES:
     checks.one_of(config, f"spec.features.{name}.mode", spec_lib.FEATURE_MODES)
     checks.positive(config, f"spec.features.{name}.weight", allow_zero=True)
@@ -50,15 +51,26 @@ def _validate_model_and_solver(config) -> None:
     raise ConfigError(f"model.ball_cuts={config.model.ball_cuts!r} is invalid: expected True/False")
   checks.positive(config, "model.length_weight", allow_zero=True)
   checks.positive(config, "model.travel_weight", allow_zero=True)
+  term = checks.get_field(config, "model.travel_term")
+  model.TRAVEL.get(term, field="model.travel_term")
   if config.model.connectivity == "flow" and config.model.travel_weight > 0:
     raise ConfigError("model.travel_weight must be 0 with model.connectivity='flow' (the travel "
-                      "proxy needs the distance labels)")
+                      "terms need distance labels)")
+  if (term == "proxy" and config.model.connectivity != "labels"
+      and config.model.travel_weight > 0):
+    raise ConfigError(f"model.travel_term='proxy' needs model.connectivity='labels' (half-edge "
+                      f"labels), not {config.model.connectivity!r}; use 'mean_trip' or travel 0")
   solvers.SOLVERS.get(checks.get_field(config, "solver.name"), field="solver.name")
   checks.positive(config, "solver.time_limit")
   _integer(config, "solver.threads", low=1)
   _integer(config, "solver.seed", low=0)
   checks.in_range(config, "solver.cpsat_fraction", 0.0, 1.0)
   checks.in_range(config, "solver.rel_gap", 0.0, 1.0)
+  try:
+    solvers.cpsat_parameters(str(checks.get_field(config, "solver.cpsat_params")))
+  except ValueError as err:
+    raise ConfigError(f"solver.cpsat_params={config.solver.cpsat_params!r} is not valid CP-SAT "
+                      f"SatParameters text: {err}") from None
   _integer(config, "alternatives.count", low=0)
   _integer(config, "alternatives.min_hamming", low=1)
   for fmt in checks.get_field(config, "output.formats"):
@@ -75,7 +87,7 @@ def _integer(config, field: str, low: int) -> None:
 def options(config) -> solvers.Options:
   s = config.solver
   return solvers.Options(float(s.time_limit), int(s.threads), int(s.seed),
-                         float(s.cpsat_fraction), float(s.rel_gap))
+                         float(s.cpsat_fraction), float(s.rel_gap), str(s.cpsat_params))
 
 
 def network_json(inst: spec_lib.Instance, built: model.Built, res: solvers.Result) -> dict:
@@ -125,14 +137,15 @@ def _solve_all(config, inst, built):
   return nets
 
 
-def _write(workdir, stem, net, res, config) -> dict:
+def _write(workdir, stem, net, res, config, built) -> dict:
   report = checker.check(net)
   io.atomic_write_json(os.path.join(workdir, f"{stem}.json"), net)
   if config.output.draw:
     draw.save(net, os.path.join(workdir, stem), draw.title_of(net, report.metrics),
               tuple(config.output.formats))
   return {"name": stem, **res.summary(), "stages": res.stages, "valid": report.ok,
-          "violations": report.violations, "metrics": report.metrics}
+          "violations": report.violations, "metrics": report.metrics,
+          "travel_model": model.travel_value(built, res.values)}
 
 
 def solve(config, workdir) -> dict:
@@ -141,7 +154,7 @@ def solve(config, workdir) -> dict:
   logging.info("IP: %d variables, %d rows, %d indicator rows", built.lm.num_vars,
                len(built.lm.rows), len(built.lm.indicators))
   nets = _solve_all(config, inst, built)
-  records = [_write(workdir, "network" if k == 0 else f"alternative_{k}", net, res, config)
+  records = [_write(workdir, "network" if k == 0 else f"alternative_{k}", net, res, config, built)
              for k, (net, res) in enumerate(nets)]
   main = records[0]
   summary = {**main, "alternatives": records[1:],

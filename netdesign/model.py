@@ -13,7 +13,15 @@ reaches a sink and there are no islands. A U-turn successor (j->i after i->j) is
 makes D_{i->j} = L_ij + (network distance from j to a sink) at an optimum with travel weight > 0:
 the travel-distance proxy sum_h D_h is then exactly checkable by a graph search.
 The ablation 'flow' replaces labels by a single-commodity flow from the sinks that delivers one unit
-to every used vertex.
+to every used vertex. 'tree' (ours) gives each used non-sink vertex one parent arc along a used edge
+with vertex labels that decrease towards the sinks: a rooted spanning forest, 2H binaries instead of
+one per pair of consecutive half-edges, and it implies #edges >= #used non-sink vertices.
+
+Travel terms (TRAVEL registry, `model.travel_term`):
+  proxy      w * sum_h D_h over used half-edges (the notes' proxy; labels only).
+  mean_trip  w * (1 / |U|) sum_u T_u over the sites U (every template vertex that can reach a sink):
+             T_u = walk from u to its nearest network vertex v + network distance from v to a sink,
+             the average travel distance of the paper's plots. Needs labels or tree.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from netdesign import spec as spec_lib
 from netdesign.linear import LinearModel
 
 CONNECTIVITY: Registry = Registry("connectivity formulation")
+TRAVEL: Registry = Registry("travel term")
 FEATURES: Registry = Registry("local feature")
 _WEIGHT_RESOLUTION = 1000  # objective weights are exact to 1e-3
 
@@ -45,6 +54,8 @@ class Context:
   out_of: list            # [V] half-edges leaving v
   into: list              # [V] half-edges entering v
   is_sink: np.ndarray     # [V] bool
+  d: list | None = None          # [H] half-edge labels D_h (labels formulation)
+  node_dist: list | None = None  # [V] var >= network distance to a sink when used; None at sinks
 
   def edge_of(self, h: int) -> int:
     return h // 2
@@ -62,6 +73,7 @@ class Built:
   lm: LinearModel
   ctx: Context
   objective_terms: dict   # name -> list of (var, real coefficient in scaled-length units)
+  travel: list = dataclasses.field(default_factory=list)  # unweighted travel term (var, coef)
 
 
 def _context(inst: spec_lib.Instance, lm: LinearModel) -> Context:
@@ -114,8 +126,8 @@ def sink_distance(ctx: Context, unreachable: int = 0) -> np.ndarray:
 
 
 @CONNECTIVITY.register("labels")
-def labels(ctx: Context) -> list:
-  """Distance labelling with successors (the paper's connectivity); returns sum_h D_h terms."""
+def labels(ctx: Context) -> None:
+  """Distance labelling with successors (the paper's connectivity); sets ctx.d."""
   lm, dmax = ctx.lm, label_bound(ctx)
   to_sink = sink_distance(ctx)
   d = [lm.var(0, dmax, implied=True) for _ in range(len(ctx.tail))]
@@ -136,7 +148,49 @@ def labels(ctx: Context) -> list:
       lm.add_indicator(s, [(dh, 1), (d[h2], -1)], lo=int(ctx.lengths[x]),
                        big_m=dmax + int(ctx.lengths[x]))
     lm.add(succ + [(ctx.e[x], -1)], 0, 0)                        # used => one successor
-  return [(dh, 1.0) for dh in d]
+  ctx.d = d
+
+
+@CONNECTIVITY.register("tree")
+def tree(ctx: Context) -> None:
+  """Ours: a rooted spanning forest. p_{v->w} = 1 makes w the parent of the used non-sink v:
+
+  sum_w p_{v->w} = V_v,  p_{v->w} + p_{w->v} <= e_vw,  p_{v->w} = 1 => N_v >= N_w + L_vw (N = 0 at
+  sinks). Labels strictly decrease along parents, so every used vertex reaches a sink, and any valid
+  network has such a forest (a shortest-path forest to the sinks). At an optimum of mean_trip N_v
+  is v's network distance to a sink. Summing the first row: #used edges >= #used non-sink vertices.
+  With travel weight 0 the steps are 1 instead of L_vw (ctx.node_dist is then not a distance, and
+  no travel term reads it).
+  """
+  lm, n = ctx.lm, ctx.inst.template.num_vertices
+  # Without a travel term the labels only have to decrease: unit steps (hop counts) give CP-SAT
+  # domains of size V instead of V * length_scale. With one, they are network distances.
+  hops = ctx.inst.travel_weight == 0
+  dmax = n if hops else label_bound(ctx)
+  step = np.ones_like(ctx.lengths) if hops else ctx.lengths
+  to_sink = np.zeros(n, np.int64) if hops else sink_distance(ctx)
+  node = [None if ctx.is_sink[v] else lm.var(0, dmax, implied=True) for v in range(n)]
+  on_edge = [[] for _ in ctx.e]
+  for v in range(n):
+    if ctx.is_sink[v]:
+      continue
+    if to_sink[v]:
+      lm.add([(node[v], 1), (ctx.used(v), -int(to_sink[v]))], lo=0)
+    arcs = []
+    for h in ctx.out_of[v]:
+      x, w, p = ctx.edge_of(h), ctx.head[h], lm.boolean()
+      arcs.append((p, 1))
+      on_edge[x].append((p, 1))
+      if ctx.is_sink[w]:
+        lm.add([(node[v], 1), (p, -int(step[x]))], lo=0)
+      else:
+        lm.add_indicator(p, [(node[v], 1), (node[w], -1)], lo=int(step[x]),
+                         big_m=dmax + int(step[x]))
+    lm.add(arcs + [(ctx.used(v), -1)], 0, 0)
+  for x, arcs in enumerate(on_edge):
+    if arcs:
+      lm.add(arcs + [(ctx.e[x], -1)], hi=0)
+  ctx.node_dist = node
 
 
 @CONNECTIVITY.register("flow")
@@ -150,7 +204,105 @@ def flow(ctx: Context) -> list:
     if not ctx.is_sink[v]:
       lm.add([(f[h], 1) for h in ctx.into[v]] + [(f[h], -1) for h in ctx.out_of[v]]
              + [(ctx.used(v), -1)], 0, 0)
-  return []
+
+
+@TRAVEL.register("proxy")
+def travel_proxy(ctx: Context) -> tuple:
+  """sum_h D_h over the half-edges (the notes' proxy). Returns (terms, denominator 1)."""
+  if ctx.d is None:
+    raise ValueError("travel_term 'proxy' needs the 'labels' connectivity (half-edge labels)")
+  return [(dh, 1.0) for dh in ctx.d], 1
+
+
+def _node_distance_from_labels(ctx: Context) -> list:
+  """N_v >= D_h for the out-going used half-edge h that a selector c_{v,h} picks (labels).
+
+  D_h >= L_h + network distance of h's head, so N_v >= network distance of v, with equality
+  reachable along a shortest path. Sinks have N = 0 (None).
+  """
+  lm, dmax = ctx.lm, label_bound(ctx)
+  to_sink = sink_distance(ctx)
+  node = []
+  for v in range(ctx.inst.template.num_vertices):
+    if ctx.is_sink[v]:
+      node.append(None)
+      continue
+    nv = lm.var(0, dmax, implied=True)
+    lm.add([(nv, 1), (ctx.used(v), -int(to_sink[v]))], lo=0)
+    picks = []
+    for h in ctx.out_of[v]:
+      c = lm.boolean()
+      picks.append((c, 1))
+      lm.add([(c, 1), (ctx.e[ctx.edge_of(h)], -1)], hi=0)
+      lm.add_indicator(c, [(nv, 1), (ctx.d[h], -1)], lo=0, big_m=dmax)
+    lm.add(picks + [(ctx.used(v), -1)], 0, 0)
+    node.append(nv)
+  return node
+
+
+def access_distance(inst: spec_lib.Instance, lengths: np.ndarray) -> np.ndarray:
+  """[V, V] walking distance in scaled integer units (inf between components).
+
+  The coverage metric when coverage is on (geodesic: sums of the rounded edge lengths, exactly as
+  the labels add them; euclidean: rounded straight lines), else geodesic.
+  """
+  from scipy import sparse
+  from scipy.sparse import csgraph
+  tpl, n = inst.template, inst.template.num_vertices
+  if inst.coverage_range is not None and inst.coverage_metric == "euclidean":
+    return np.round(tpl.euclidean() * inst.length_scale)
+  w = sparse.coo_matrix((lengths, (tpl.edges[:, 0], tpl.edges[:, 1])), shape=(n, n)).tocsr()
+  return csgraph.dijkstra(w, directed=False)
+
+
+def trip_sites(inst: spec_lib.Instance, to_sink: np.ndarray, acc: np.ndarray) -> list:
+  """Sites of mean_trip: vertices that can walk to some vertex connected to a sink."""
+  return [u for u in range(inst.template.num_vertices)
+          if np.isfinite(acc[u][to_sink >= 0]).any()]
+
+
+@TRAVEL.register("mean_trip")
+def travel_mean_trip(ctx: Context) -> tuple:
+  """(1 / |U|) sum_u T_u, T_u = walk to the nearest network vertex v + network distance of v.
+
+  z_{u,v} picks v among the candidates (within the coverage range, else every vertex); it must be
+  used (z <= V_v) and nearest (V_w + sum_{v farther than w} z_{u,v} <= 1); z => T_u >= a_uv + N_v.
+  Ties between nearest vertices go to the shorter trip (the minimisation picks it). Returns
+  (terms, |U|): |U| makes the rounded objective exact.
+  """
+  lm, inst = ctx.lm, ctx.inst
+  if ctx.node_dist is None and ctx.d is None:
+    raise ValueError("travel_term 'mean_trip' needs the 'labels' or 'tree' connectivity")
+  node = ctx.node_dist if ctx.node_dist is not None else _node_distance_from_labels(ctx)
+  to_sink = sink_distance(ctx, unreachable=-1)
+  acc = access_distance(inst, ctx.lengths)
+  near = None
+  if inst.coverage_range is not None:
+    near = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric)(inst.template) <= (
+        inst.coverage_range + 1e-9)
+  sites = trip_sites(inst, to_sink, acc)
+  dmax = label_bound(ctx)
+  terms = []
+  for u in sites:
+    cand = [v for v in range(len(node)) if to_sink[v] >= 0 and np.isfinite(acc[u, v])
+            and (near is None or near[u, v])]
+    a = {v: int(acc[u, v]) for v in cand}
+    lb = min(a[v] + int(to_sink[v]) for v in cand)
+    t = lm.var(lb, max(a.values()) + dmax, implied=True)
+    z = {v: lm.boolean() for v in cand}
+    for v in cand:
+      lm.add([(z[v], 1), (ctx.used(v), -1)], hi=0)
+      if node[v] is None:
+        lm.add([(t, 1), (z[v], -a[v])], lo=0)
+      else:
+        lm.add_indicator(z[v], [(t, 1), (node[v], -1)], lo=a[v], big_m=a[v] + dmax)
+    lm.add([(z[v], 1) for v in cand], 1, 1)
+    for w in cand:
+      farther = [(z[v], 1) for v in cand if a[v] > a[w]]
+      if farther:
+        lm.add([(ctx.used(w), 1)] + farther, hi=1)
+    terms.append((t, 1.0 / len(sites)))
+  return terms, max(1, len(sites))
 
 
 def _coverage(ctx: Context) -> None:
@@ -163,6 +315,60 @@ def _coverage(ctx: Context) -> None:
   for u in range(inst.template.num_vertices):
     near = np.flatnonzero(dist[u] <= inst.coverage_range + 1e-9)
     ctx.lm.add([(ctx.used(int(v)), 1) for v in near], lo=1)
+
+
+def edge_cover_sets(inst: spec_lib.Instance) -> list:
+  """[(edge x, frozenset of vertices), ...]: every point of template edge x is within the coverage
+  range of the network iff x is used or, for every row of x, one of the row's vertices is used.
+
+  The vertices within range of a point at arc length t on edge (a, b) form, per vertex v, a union
+  of closed intervals of t: geodesic [0, r - d(a, v)] and [L - r + d(b, v), L]; euclidean the chord
+  of v's disc. Cutting [0, L] at every interval end gives pieces on which the covering set is
+  constant; one row per distinct set (the piece's midpoint decides).
+  """
+  tpl, r = inst.template, inst.coverage_range
+  geo = tpl.geodesic() if inst.coverage_metric == "geodesic" else None
+  rows = []
+  for x, (a, b) in enumerate(tpl.edges):
+    ivs = _edge_intervals(tpl, geo, a, b, float(tpl.lengths[x]), r)
+    cuts = sorted({0.0, float(tpl.lengths[x])} | {t for _, lo, hi in ivs for t in (lo, hi)})
+    seen = set()
+    for t0, t1 in zip(cuts[:-1], cuts[1:]):
+      if t1 - t0 <= 1e-9:
+        continue
+      m = 0.5 * (t0 + t1)
+      cover = frozenset(v for v, lo, hi in ivs if lo - 1e-9 <= m <= hi + 1e-9)
+      if cover not in seen:
+        seen.add(cover)
+        rows.append((x, cover))
+  return rows
+
+
+def _edge_intervals(tpl, geo, a: int, b: int, length: float, r: float) -> list:
+  """[(v, lo, hi)]: the arc lengths t in [lo, hi] of edge (a, b) that are within r of vertex v."""
+  out = []
+  if geo is not None:
+    for v in range(tpl.num_vertices):
+      if r - geo[a, v] >= -1e-9:
+        out.append((v, 0.0, min(length, r - geo[a, v])))
+      if r - geo[b, v] >= -1e-9:
+        out.append((v, max(0.0, length - r + geo[b, v]), length))
+    return out
+  pa, direction = tpl.vertices[a], (tpl.vertices[b] - tpl.vertices[a]) / length
+  for v, pv in enumerate(tpl.vertices):
+    c = float(direction @ (pv - pa))
+    disc = c * c - float((pv - pa) @ (pv - pa)) + r * r
+    if disc >= -1e-12:
+      lo, hi = c - np.sqrt(max(disc, 0.0)), c + np.sqrt(max(disc, 0.0))
+      if hi >= -1e-9 and lo <= length + 1e-9:
+        out.append((v, max(0.0, lo), min(length, hi)))
+  return out
+
+
+def _edge_coverage(ctx: Context) -> None:
+  """Coverage of every point of every template edge (spec.coverage.locations = 'edges')."""
+  for x, cover in edge_cover_sets(ctx.inst):
+    ctx.lm.add([(ctx.e[x], 1)] + [(ctx.used(v), 1) for v in cover], lo=1)
 
 
 def _ball_cuts(ctx: Context) -> None:
@@ -287,7 +493,7 @@ def _features(ctx: Context) -> list:
 
 
 def build(inst: spec_lib.Instance) -> Built:
-  """Writes the whole IP for `inst`; objective = w_len length + w_travel sum D + penalties."""
+  """Writes the whole IP for `inst`; objective = w_len length + w_travel travel + penalties."""
   lm = LinearModel()
   ctx = _context(inst, lm)
   _degree_rows(ctx)
@@ -296,8 +502,13 @@ def build(inst: spec_lib.Instance) -> Built:
     lm.add([(ctx.used(int(v)), 1)], lo=1)
   for v in inst.required:
     lm.add([(ctx.used(int(v)), 1)], lo=1)
-  travel = CONNECTIVITY.get(inst.connectivity, "model.connectivity")(ctx)
+  CONNECTIVITY.get(inst.connectivity, "model.connectivity")(ctx)
+  travel, denominator = [], 1
+  if inst.travel_weight > 0:
+    travel, denominator = TRAVEL.get(inst.travel_term, "model.travel_term")(ctx)
   _coverage(ctx)
+  if inst.coverage_range is not None and inst.coverage_locations == "edges":
+    _edge_coverage(ctx)
   if inst.ball_cuts:
     _ball_cuts(ctx)
   terms = {
@@ -306,17 +517,28 @@ def build(inst: spec_lib.Instance) -> Built:
       "traffic": [(v, inst.traffic_weight * c) for v, c in _traffic(ctx)],
       "features": _features(ctx),
   }
-  _set_objective(lm, terms, inst.length_scale)
-  return Built(lm, ctx, terms)
+  _set_objective(lm, terms, inst.length_scale, denominator)
+  return Built(lm, ctx, terms, travel)
 
 
-def _set_objective(lm: LinearModel, terms: dict, length_scale: int) -> None:
-  """Rounds real coefficients to integers (CP-SAT needs them) and records the scale."""
-  ints = [(v, int(round(c * _WEIGHT_RESOLUTION))) for ts in terms.values() for v, c in ts]
+def _set_objective(lm: LinearModel, terms: dict, length_scale: int, denominator: int = 1) -> None:
+  """Rounds real coefficients to integers (CP-SAT needs them) and records the scale.
+
+  Weights are exact to 1e-3 of `1 / denominator` (mean_trip divides by the number of sites).
+  """
+  res = _WEIGHT_RESOLUTION * denominator
+  ints = [(v, int(round(c * res))) for ts in terms.values() for v, c in ts]
   ints = [(v, c) for v, c in ints if c]
   div = math.gcd(*[abs(c) for _, c in ints]) if ints else 1
   lm.minimize((v, c // div) for v, c in ints)
-  lm.obj_scale = length_scale * _WEIGHT_RESOLUTION / div
+  lm.obj_scale = length_scale * res / div
+
+
+def travel_value(built: Built, values: np.ndarray) -> float | None:
+  """The model's own travel term (proxy sum or mean trip) in real length units, unweighted."""
+  if not built.travel or values is None:
+    return None
+  return sum(c * float(values[v]) for v, c in built.travel) / built.ctx.inst.length_scale
 
 
 def selected_edges(built: Built, values: np.ndarray) -> list:

@@ -28,6 +28,7 @@ class Options:
   seed: int = 0
   cpsat_fraction: float = 0.5
   rel_gap: float = 1e-6
+  cpsat_params: str = ""  # extra CP-SAT SatParameters in text format, e.g. "linearization_level:2"
 
 
 @dataclasses.dataclass
@@ -91,6 +92,8 @@ def solve_cpsat(lm: LinearModel, opt: Options, hint: np.ndarray | None = None) -
   solver.parameters.num_workers = int(opt.threads)
   solver.parameters.random_seed = int(opt.seed)
   solver.parameters.relative_gap_limit = float(opt.rel_gap)
+  if opt.cpsat_params:
+    solver.parameters.MergeFrom(cpsat_parameters(opt.cpsat_params))
   code = solver.solve(m)
   has = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
   status = _status_from(has, code == cp_model.OPTIMAL, code == cp_model.INFEASIBLE)
@@ -100,6 +103,16 @@ def solve_cpsat(lm: LinearModel, opt: Options, hint: np.ndarray | None = None) -
   if status == "optimal":
     bound = obj
   return Result(status, obj, bound, values, time.perf_counter() - start, "cpsat")
+
+
+def cpsat_parameters(text: str):
+  """Parses SatParameters text ("name:value name:value"); raises ValueError on a bad field."""
+  from google.protobuf import text_format
+  from ortools.sat import sat_parameters_pb2
+  try:
+    return text_format.Parse(text, sat_parameters_pb2.SatParameters())
+  except text_format.ParseError as err:
+    raise ValueError(str(err)) from None
 
 
 def _highs_lp(lm: LinearModel):

@@ -21,6 +21,9 @@ FEATURE_MODES = ("allow", "forbid", "soft", "at_least")
 COVERAGE_METRICS: Registry = Registry("coverage metric")
 COVERAGE_METRICS.add("geodesic", lambda tpl: tpl.geodesic())
 COVERAGE_METRICS.add("euclidean", lambda tpl: tpl.euclidean())
+# vertices: every template vertex within range (the paper's rows); edges: also every point of every
+# template edge (street sides between crossings), model.edge_cover_sets.
+COVERAGE_LOCATIONS = ("vertices", "edges")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +45,15 @@ class Instance:
     traffic: [(a, b), ...] vertex pairs that must be joined by a path (point-to-point traffic).
     coverage_range: every vertex within this distance of the network; None disables coverage.
     coverage_metric: 'geodesic' (along the template) or 'euclidean'.
+    coverage_locations: 'vertices' or 'edges' (vertices and every point of every template edge).
     features: local-feature rules by name (FEATURE_NAMES).
     length_weight, travel_weight, traffic_weight: objective weights.
     max_detour: traffic path length <= max_detour * template distance (0 disables).
     length_scale: lengths are rounded to 1 / length_scale for the integer model.
     connectivity: name of the connectivity formulation ('labels' or 'flow').
     ball_cuts: add the valid geodesic-ball cut rows (model._ball_cuts) that tighten the LP.
+    travel_term: 'proxy' (sum of half-edge labels) or 'mean_trip' (mean over sites of the walk to
+      the nearest network vertex plus the network distance to a sink), model.TRAVEL.
   """
   template: templates.Template
   sinks: np.ndarray
@@ -64,6 +70,8 @@ class Instance:
   length_scale: int
   connectivity: str
   ball_cuts: bool = True
+  travel_term: str = "proxy"
+  coverage_locations: str = "vertices"
 
   def to_json(self) -> dict:
     return {
@@ -72,9 +80,11 @@ class Instance:
         "traffic": {"pairs": [[int(a), int(b)] for a, b in self.traffic],
                     "weight": self.traffic_weight, "max_detour": self.max_detour},
         "coverage": {"enabled": self.coverage_range is not None,
-                     "range": self.coverage_range, "metric": self.coverage_metric},
+                     "range": self.coverage_range, "metric": self.coverage_metric,
+                     "locations": self.coverage_locations},
         "features": {k: dataclasses.asdict(f) for k, f in self.features.items()},
         "weights": {"length": self.length_weight, "travel": self.travel_weight},
+        "travel_term": self.travel_term,
         "connectivity": self.connectivity,
         "ball_cuts": self.ball_cuts,
         "length_scale": self.length_scale,
@@ -105,4 +115,6 @@ def from_config(config) -> Instance:
       max_detour=float(config.spec.traffic.max_detour),
       length_scale=int(config.template.length_scale),
       connectivity=str(config.model.connectivity),
-      ball_cuts=bool(config.model.ball_cuts))
+      ball_cuts=bool(config.model.ball_cuts),
+      travel_term=str(config.model.travel_term),
+      coverage_locations=str(cov.locations))

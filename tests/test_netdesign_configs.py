@@ -33,6 +33,7 @@ def test_every_scenario_is_present():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_smoke_run(path, tmp_path):
   config = _module(path).get_config("smoke")
+  config.solver.threads = 2  # the suite runs on 2 cores
   family = main.load_family(config)
   family.validate(config)
   family.run(config, str(tmp_path), "train")
@@ -77,7 +78,8 @@ def test_full_config_validates(path):
 def test_cli_street_smoke(tmp_path):
   proc = subprocess.run(
       [sys.executable, "main.py", "--config=configs/netdesign/street.py:smoke",
-       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+       f"--workdir={tmp_path}", "--config.solver.threads=2"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(tmp_path / "network.json") as f:
     net = json.load(f)

@@ -29,7 +29,8 @@ BAD = [
     ("spec.traffic.max_detour", 0.5), ("model.connectivity", "cuts"),
     ("model.travel_weight", -0.1), ("solver.name", "gurobi"), ("solver.time_limit", 0.0),
     ("solver.threads", 0), ("solver.cpsat_fraction", 1.5), ("alternatives.min_hamming", 0),
-    ("output.formats", ["jpg"]),
+    ("output.formats", ["jpg"]), ("model.travel_term", "sum_of_labels"),
+    ("spec.coverage.locations", "faces"), ("solver.cpsat_params", "no_such_parameter:3"),
 ]
 
 
@@ -52,6 +53,15 @@ def test_flow_with_travel_weight_is_rejected():
     netdesign.validate(c)
 
 
+def test_proxy_travel_needs_labels():
+  c = base.get_config()
+  c.model.connectivity, c.model.travel_weight, c.model.travel_term = "tree", 0.5, "proxy"
+  with pytest.raises(ConfigError, match=r"model\.travel_term"):
+    netdesign.validate(c)
+  c.model.travel_term = "mean_trip"
+  netdesign.validate(c)
+
+
 def test_point_off_template_names_field(tmp_path):
   c = base.get_config()
   c.spec.required_points = [[2.0, 2.0], [40.0, 1.0]]
@@ -72,6 +82,7 @@ def _walled_config():
                       [[-0.5, 1.4], [1.6, 1.4], [1.6, 1.6], [-0.5, 1.6]]]
   c.sinks.points = [[0.0, 0.0]]
   c.solver.time_limit = 30.0
+  c.solver.threads = 2  # the suite runs on 2 cores
   return c
 
 
@@ -103,5 +114,6 @@ def test_without_coverage_the_walled_room_is_feasible():
   c = _walled_config()
   c.spec.coverage.enabled = False
   inst = spec_lib.from_config(c)
-  res = solvers.solve("cpsat", model.build(inst).lm, solvers.Options(time_limit=30))
+  opt = solvers.Options(time_limit=30, threads=2)
+  res = solvers.solve("cpsat", model.build(inst).lm, opt)
   assert res.status == "optimal" and res.objective == pytest.approx(1.0)

@@ -34,7 +34,9 @@ def get_config(arg=None):
 
   c.spec = ml_collections.ConfigDict()
   c.spec.coverage = ml_collections.ConfigDict(
-      {"enabled": True, "range": 1.0, "metric": "geodesic"})
+      {"enabled": True, "range": 1.0, "metric": "geodesic",
+       # vertices (the paper's) | edges (also every point of every template edge)
+       "locations": "vertices"})
   c.spec.required_points = []     # points the network must pass (room doors, spawn points)
   c.spec.traffic = ml_collections.ConfigDict(
       {"pairs": [], "weight": 0.0, "max_detour": 0.0})  # max_detour 0 = no limit
@@ -44,10 +46,14 @@ def get_config(arg=None):
       "t_junction": _feature()})
 
   c.model = ml_collections.ConfigDict()
-  c.model.connectivity = "labels"  # labels (paper) | flow (ablation, travel_weight must be 0)
+  # labels (paper) | tree (ours: parent arcs + vertex labels) | flow (ablation, no travel term)
+  c.model.connectivity = "labels"
   c.model.ball_cuts = True         # valid geodesic-ball cut rows (ours): much tighter LP bounds
   c.model.length_weight = 1.0
-  c.model.travel_weight = 0.0      # weight of the travel-distance proxy sum_h D_h
+  c.model.travel_weight = 0.0      # weight of the travel term
+  # proxy: sum_h D_h over used half-edges (the notes'; labels only) | mean_trip: mean over every
+  # vertex of the walk to the nearest network vertex + network distance to an exit (paper's plots)
+  c.model.travel_term = "proxy"
 
   c.solver = ml_collections.ConfigDict()
   c.solver.name = "portfolio"      # cpsat | highs | portfolio (CP-SAT incumbent, HiGHS bound)
@@ -56,6 +62,7 @@ def get_config(arg=None):
   c.solver.seed = 0
   c.solver.cpsat_fraction = 0.5    # portfolio: share of the time limit given to CP-SAT
   c.solver.rel_gap = 0.0           # 0 = prove optimality
+  c.solver.cpsat_params = ""       # extra CP-SAT parameters (text format), e.g. "symmetry_level:4"
 
   c.alternatives = ml_collections.ConfigDict({"count": 0, "min_hamming": 4})
   c.output = ml_collections.ConfigDict({"draw": True, "formats": ["png", "svg"]})
