@@ -42,6 +42,17 @@ def load_family(config):
     raise
 
 
+def launch(config, workdir: str, mode: str = "train") -> None:
+  """Validates `config`, saves it as workdir/config.json and runs its family in `mode`."""
+  family = load_family(config)
+  if hasattr(family, "validate"):
+    family.validate(config)
+  if mesh.is_main_process():
+    os.makedirs(workdir, exist_ok=True)
+    io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  family.run(config, workdir, mode)
+
+
 _STARTED = []  # set once flags are parsed: later KeyError/AttributeError are bugs, not overrides
 
 
@@ -57,15 +68,8 @@ def main(argv):
     logging.info("CPU backend split into %d devices (--cpu_devices).", cpu_devices)
   if _MULTIHOST.value:
     mesh.initialize_distributed()
-  workdir = _WORKDIR.value
   try:
-    family = load_family(config)
-    if hasattr(family, "validate"):
-      family.validate(config)
-    if mesh.is_main_process():
-      os.makedirs(workdir, exist_ok=True)
-      io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-    family.run(config, workdir, _MODE.value)
+    launch(config, _WORKDIR.value, _MODE.value)
   except errors.USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)

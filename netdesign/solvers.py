@@ -93,7 +93,8 @@ def solve_cpsat(lm: LinearModel, opt: Options, hint: np.ndarray | None = None) -
   solver.parameters.random_seed = int(opt.seed)
   solver.parameters.relative_gap_limit = float(opt.rel_gap)
   if opt.cpsat_params:
-    solver.parameters.MergeFrom(cpsat_parameters(opt.cpsat_params))
+    cpsat_parameters(opt.cpsat_params)  # a clear error for a bad field, before merging the text
+    solver.parameters.merge_text_format(opt.cpsat_params)
   code = solver.solve(m)
   has = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
   status = _status_from(has, code == cp_model.OPTIMAL, code == cp_model.INFEASIBLE)

@@ -16,3 +16,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["TEST_XLA_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from tests import helpers  # noqa: E402  (after sys.path is set)
+
+if helpers.FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # before JAX reads it
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + helpers.FAST_COMPILE).strip()

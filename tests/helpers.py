@@ -20,6 +20,18 @@ TINY_DPM = [
 ]
 
 
+# Tests compile many small programs and run each a few times: XLA's CPU backend without its LLVM
+# optimisation passes compiles them about twice as fast, which halves the suite's CPU time
+# (measured: 243 s -> 136 s user CPU on the U-Net tests and one smoke config). Numerics are
+# unchanged; only the generated code is slower.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS of a test subprocess: `devices` simulated CPU devices, fast compilation."""
+  return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+
+
 def env(devices: int = 1) -> dict[str, str]:
   e = dict(os.environ)
   e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
@@ -28,7 +40,7 @@ def env(devices: int = 1) -> dict[str, str]:
   e["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   e["JAX_PLATFORMS"] = "cpu"
   # Explicit, also for 1: main.py would otherwise split the CPU (common.mesh.default_cpu_devices).
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["XLA_FLAGS"] = xla_flags(devices)
   return e
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from common.errors import ConfigError
 from dpm import analytic, gmm, reverse, schedules
+from tests import helpers
 
 N = 1000
 AC = schedules.get_alphas_cumprod("linear", N)
@@ -257,7 +258,7 @@ print(json.dumps({"devices": mesh.size, "one": one.tolist(), "four": four.tolist
 def test_gamma_same_sharded_over_devices_and_in_any_chunk_size():
   """No mesh with one chunk of 300, and 4 simulated devices with chunks of 64 (the last one padded
   and masked) give the same estimate: each noise draw is keyed by the example's index."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(4),
              JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
   out = subprocess.run([sys.executable, "-c", _SHARDED, ROOT], env=env, capture_output=True,
                        text=True, timeout=120)

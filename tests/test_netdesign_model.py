@@ -73,6 +73,16 @@ def test_flow_ablation_matches_labels_on_length():
   assert checker.check(experiment.network_json(inst, built, flow)).ok
 
 
+def test_cpsat_params_reach_the_solver():
+  """solver.cpsat_params are merged into CP-SAT's parameters: a zero deterministic time budget
+  stops the solve before any solution, which the defaults prove optimal."""
+  _, built = _net(_small())
+  plain = solvers.solve("cpsat", built.lm, solvers.Options(time_limit=60, threads=2))
+  stopped = solvers.solve("cpsat", built.lm, solvers.Options(
+      time_limit=60, threads=2, cpsat_params="max_deterministic_time:0"))
+  assert plain.status == "optimal" and stopped.status == "timeout", (plain, stopped)
+
+
 def test_highs_accepts_cpsat_warm_start():
   inst, built = _net(_small())
   first = solvers.solve("cpsat", built.lm, solvers.Options(time_limit=60, threads=2))
