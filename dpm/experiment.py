@@ -7,7 +7,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -15,7 +14,7 @@ from flax import nnx
 from common import checks, data as data_lib, io, mesh as mesh_lib, train as train_lib
 from common.errors import ConfigError
 from common.registry import Registry
-from dpm import analytic, losses, reports, reverse, schedules
+from dpm import analytic, process as process_lib, reports, reverse
 from dpm.unet import UNet, count_params
 
 MODES: Registry = Registry("dpm mode")
@@ -25,8 +24,7 @@ def validate(config) -> None:
   """Rejects bad values at start, naming the field."""
   train_lib.validate(config)
   data_lib.DATASETS.get(config.data.name, field="data.name")
-  schedules.BETA_SCHEDULES.get(config.diffusion.schedule, field="diffusion.schedule")
-  checks.positive(config, "diffusion.num_steps")
+  process_lib.validate(config)
   reverse.check_form(config.sample.form)
   if config.sample.trajectory != "dp":
     reverse.TRAJECTORIES.get(config.sample.trajectory, field="sample.trajectory")
@@ -78,9 +76,10 @@ def trajectory_for(config, num_steps: int, gamma: np.ndarray | None) -> np.ndarr
   return reverse.make_trajectory(s.trajectory, num_steps, config.diffusion.num_steps)
 
 
-def make_sampler(config, graphdef: nnx.GraphDef, alphas_cumprod: np.ndarray, num_steps: int,
+def make_sampler(config, graphdef: nnx.GraphDef, process: process_lib.Process, num_steps: int,
                  mesh, gamma: np.ndarray | None = None) -> callable:
-  """Jitted (params, rng) -> samples [num_samples, ...] over a `num_steps`-step trajectory.
+  """Jitted (params, rng) -> samples [num_samples, ...] over a `num_steps`-step trajectory of the
+  process's discrete chain (a continuous-time model's discretisation to N steps).
 
   `gamma` (Gamma_1..Gamma_N of these parameters) is needed for sample.variance='analytic' and
   sample.trajectory='dp'.
@@ -88,10 +87,12 @@ def make_sampler(config, graphdef: nnx.GraphDef, alphas_cumprod: np.ndarray, num
   s = config.sample
   trajectory = trajectory_for(config, num_steps, gamma)
   sigma2 = reports.variance_for(config, s.variance, trajectory, s.form, s.eta, gamma)
+  alphas_cumprod = process.alphas_cumprod
 
   @functools.partial(jax.jit, static_argnums=2, out_shardings=mesh_lib.batch_sharding(mesh))
   def sample(params, rng, shape):
-    eps_fn = losses.eps_fn_of(nnx.merge(graphdef, params))
+    net = nnx.merge(graphdef, params)
+    eps_fn = lambda x, n: net(x, process.step_input(n))
     n_rng, s_rng = jax.random.split(rng)
     x_T = jax.random.normal(n_rng, shape)
     x_T = jax.lax.with_sharding_constraint(x_T, mesh_lib.batch_sharding(mesh))
@@ -110,8 +111,8 @@ class Setup:
     _check_image_size(config, self.data.shape)
     self.mesh = mesh_lib.make_mesh()
     _check_divides(config, self.mesh)
-    self.alphas_cumprod = schedules.get_alphas_cumprod(config.diffusion.schedule,
-                                                       config.diffusion.num_steps)
+    self.process = process_lib.of(config)
+    self.alphas_cumprod = self.process.alphas_cumprod
     self.model = build_model(config, self.data.shape, config.seed)
     self.rng = jax.random.key(config.seed)
 
@@ -120,7 +121,7 @@ class Setup:
     return (self.config.sample.num_samples,) + tuple(self.data.shape)
 
   def loss_fn(self, model, batch, rng, train=True):
-    return losses.eps_loss(model, batch, rng, jnp.asarray(self.alphas_cumprod, jnp.float32), train)
+    return self.process.loss(model, batch, rng, train)
 
   def eval_step(self, graphdef: nnx.GraphDef):
     """Jitted (params, batch, rng) -> test loss; built once, so evaluations do not recompile."""
@@ -157,15 +158,15 @@ def train(config, workdir: str):
   trainer = train_lib.Trainer(config, workdir, setup.model, setup.loss_fn, setup.mesh)
   train_rng, sample_rng, eval_rng = jax.random.split(setup.rng, 3)
   sampler = (None if needs_gamma(config) else make_sampler(
-      config, trainer.graphdef, setup.alphas_cumprod, config.sample.eval_steps, setup.mesh))
+      config, trainer.graphdef, setup.process, config.sample.eval_steps, setup.mesh))
 
   def evaluate(state, step):
     t0 = time.time()
     run = sampler
     if run is None:  # Gamma belongs to these parameters: estimate it (cached) at every evaluation
       gamma = reports.gamma_for(setup, reports.eps_partial(
-          nnx.merge(trainer.graphdef, state.ema_params)), step, workdir)
-      run = make_sampler(config, trainer.graphdef, setup.alphas_cumprod,
+          nnx.merge(trainer.graphdef, state.ema_params), setup.process), step, workdir)
+      run = make_sampler(config, trainer.graphdef, setup.process,
                          config.sample.eval_steps, setup.mesh, gamma)
     images = run(state.ema_params, sample_rng, setup.sample_shape)
     path = write_samples(workdir, f"step_{step:07d}", mesh_lib.to_host(images))
@@ -222,9 +223,9 @@ def sample(config, workdir: str):
   model, step = train_lib.restore_for_inference(config, workdir, setup.model)
   graphdef, params = nnx.split(model, nnx.Param)
   s = config.sample
-  gamma = (reports.gamma_for(setup, reports.eps_partial(model), step, workdir)
+  gamma = (reports.gamma_for(setup, reports.eps_partial(model, setup.process), step, workdir)
            if needs_gamma(config) else None)
-  sampler = make_sampler(config, graphdef, setup.alphas_cumprod, s.num_steps, setup.mesh, gamma)
+  sampler = make_sampler(config, graphdef, setup.process, s.num_steps, setup.mesh, gamma)
   t0 = time.time()
   images = mesh_lib.to_host(sampler(params, jax.random.key(s.seed), setup.sample_shape))
   name = f"step_{step:07d}_{s.form}_{s.variance}_{s.trajectory}_K{s.num_steps}"

@@ -27,20 +27,21 @@ from flax import nnx
 from common import io, mesh as mesh_lib
 from common.errors import ConfigError, DataError
 from common.registry import Registry
-from dpm import analytic, losses, nll, reverse
+from dpm import analytic, nll, reverse
 
 REPORTS: Registry = Registry("dpm report")
 
 
-def eps_partial(model: nnx.Module) -> jax.tree_util.Partial:
-  """eps_hat(x, n) of a noise-prediction U-Net as a pytree: the weights are leaves (traced jit
-  arguments), not constants baked into every compiled program."""
+def eps_partial(model: nnx.Module, process) -> jax.tree_util.Partial:
+  """eps_hat(x, n) at integer steps n of `process` (a dpm.process.Process) of a noise-prediction
+  U-Net, as a pytree: the weights are leaves (traced jit arguments), not constants baked into every
+  compiled program."""
   graphdef, state = nnx.split(model)
-  return jax.tree_util.Partial(functools.partial(_apply_eps, graphdef), state)
+  return jax.tree_util.Partial(functools.partial(_apply_eps, graphdef, process), state)
 
 
-def _apply_eps(graphdef, state, x, n):
-  return nnx.merge(graphdef, state)(x, losses.network_time(n))
+def _apply_eps(graphdef, process, state, x, n):
+  return nnx.merge(graphdef, state)(x, process.step_input(n))
 
 
 def _subset(data, split: str, num: int, seed: int) -> np.ndarray:
@@ -92,6 +93,8 @@ def gamma_for(setup, eps: jax.tree_util.Partial, step: int, workdir: str) -> np.
   n = setup.config.diffusion.num_steps
   meta = {"examples": int(cfg.gamma_examples), "seed": int(cfg.seed),
           "dataset": setup.config.data.name, "schedule": setup.config.diffusion.schedule, "N": n}
+  if setup.process.continuous:
+    meta["process"] = setup.process.summary()
 
   def compute():
     x0 = _subset(setup.data, "train", cfg.gamma_examples, cfg.seed)
@@ -134,14 +137,19 @@ def variance_for(config, name: str, trajectory: np.ndarray, form: str, eta: floa
                                     first_step_clip=clip)
 
 
-@functools.lru_cache(maxsize=8)
-def _alphas(schedule: str, n: int) -> np.ndarray:
-  from dpm import schedules
-  return schedules.get_alphas_cumprod(schedule, n)
-
-
 def config_alphas(config) -> np.ndarray:
-  return _alphas(config.diffusion.schedule, config.diffusion.num_steps)
+  """alpha_bar_0..alpha_bar_N of the config's discrete chain (cached on the process)."""
+  return _process_of(config).alphas_cumprod
+
+
+def _process_of(config):
+  from dpm import process
+  return _cached_process(process.of(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_process(p):
+  return p  # one instance per distinct process, so its cached tables are computed once
 
 
 def dp_trajectories(config, gamma: np.ndarray, variance: str, ks) -> dict[int, np.ndarray]:
@@ -238,10 +246,9 @@ def _nll_plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _reverse_sampler(ac_key: tuple[str, int], trajectory: tuple[int, ...], form: str, eta: float,
-                     clip: bool):
+def _reverse_sampler(process, trajectory: tuple[int, ...], form: str, eta: float, clip: bool):
   """Jitted (eps, x_T, rng, sigma2) -> x_0; sigma2 is traced, so variances share a compile."""
-  ac = _alphas(*ac_key)
+  ac = process.alphas_cumprod
   traj = np.asarray(trajectory)
   return jax.jit(lambda eps, x, rng, sigma2: reverse.sample(eps, x, rng, ac, traj, sigma2, form,
                                                             eta, clip))
@@ -256,7 +263,7 @@ def analytic_grids(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> di
   shape = (cfg.grid_samples,) + tuple(setup.data.shape)
   rng = jax.random.key(config.sample.seed)
   x_T = jax.random.normal(jax.random.fold_in(rng, 0), shape)
-  key = (config.diffusion.schedule, n)
+  key = _process_of(config)
   panels, paths = {}, {}
   for k in cfg.grid_ks:
     traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
@@ -287,7 +294,7 @@ def analytic_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[s
   if not setup.data.is_image:
     raise DataError(f"the analytic report needs image data (a discrete decoder), not "
                     f"data.name={config.data.name!r}")
-  eps = eps_partial(model)
+  eps = eps_partial(model, setup.process)
   gamma = gamma_for(setup, eps, step, workdir)
   rows = nll_table(setup, eps, gamma, step)
   table = nll_markdown(rows)
@@ -320,17 +327,19 @@ SOLVER_METHODS.add("dpm_solver++_3m", dict(algorithm_type="dpmsolver++", order=3
                                            method="multistep", skip_type="time_uniform"))
 
 
-def solver_sampler(model: nnx.Module, alphas_cumprod: np.ndarray, method: str, nfe: int):
-  """Jitted (state, x_T) -> x_0 for one solver method at `nfe` model evaluations."""
-  from dpm.solver import DPMSolver, NoiseScheduleVP, model_wrapper
+def solver_sampler(model: nnx.Module, process, method: str, nfe: int):
+  """Jitted (state, x_T) -> x_0 for one solver method at `nfe` model evaluations, integrating the
+  model in the time of its process (dpm.process.Process): a continuous-time model on its own VP
+  schedule, a discrete-time one on the interpolated alpha_bar table."""
+  from dpm.solver import DPMSolver, model_wrapper
   spec = dict(SOLVER_METHODS.get(method, field="solver.methods"))
   graphdef, _ = nnx.split(model)
-  ns = NoiseScheduleVP("discrete", alphas_cumprod=np.asarray(alphas_cumprod)[1:])
+  ns = process.noise_schedule
   algorithm = spec.pop("algorithm_type")
 
   @jax.jit
   def run(state, x):
-    net = lambda x, t: nnx.merge(graphdef, state)(x, t)
+    net = lambda x, t: nnx.merge(graphdef, state)(x, process.solver_input(t))
     solver = DPMSolver(model_wrapper(net, ns, model_type="noise"), ns, algorithm_type=algorithm)
     return solver.sample(x, steps=nfe, **spec)
   return run
@@ -344,7 +353,7 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   shape = (cfg.num_samples,) + tuple(setup.data.shape)
   x_T = jax.random.normal(jax.random.key(cfg.seed), shape)
   t0 = time.time()
-  reference = np.asarray(solver_sampler(model, setup.alphas_cumprod, cfg.reference_method,
+  reference = np.asarray(solver_sampler(model, setup.process, cfg.reference_method,
                                         cfg.reference_nfe)(state, x_T))
   logging.info("Reference: %s at %d NFE in %.1fs.", cfg.reference_method, cfg.reference_nfe,
                time.time() - t0)
@@ -352,7 +361,7 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   for method in cfg.methods:
     for nfe in cfg.nfes:
       t0 = time.time()
-      images = np.asarray(solver_sampler(model, setup.alphas_cumprod, method, int(nfe))(state, x_T))
+      images = np.asarray(solver_sampler(model, setup.process, method, int(nfe))(state, x_T))
       rmse = float(np.sqrt(np.mean((images - reference) ** 2)))
       rows.append(dict(method=method, nfe=int(nfe), rmse_to_reference=rmse))
       logging.info("%s, NFE %d: RMSE to reference %.4f (%.1fs with compile)", method, nfe, rmse,

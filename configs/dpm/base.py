@@ -18,7 +18,15 @@ def get_config() -> ConfigDict:
       image_size=32,       # synthetic and celeb_a only
       channels=3,          # synthetic only
   ))
-  c.diffusion = ConfigDict(dict(schedule="linear", num_steps=1000))
+  c.diffusion = ConfigDict(dict(
+      time="discrete",         # discrete: DDPM steps n = 1..N; continuous: VP-SDE time (dpm/process.py)
+      schedule="linear",       # discrete: a beta schedule (linear | cosine); continuous: linear | cosine
+      num_steps=1000,          # N: the discrete chain (continuous models: its discretisation t_n = nT/N)
+      continuous_beta_0=0.1,   # continuous linear VP-SDE: beta(t) = beta_0 + t (beta_1 - beta_0)
+      continuous_beta_1=20.0,
+      t_eps=1e-5,              # continuous: training draws t ~ U(t_eps, T)
+      time_scale=999.0,        # continuous: the network sees time_scale * t (score_sde's 999 t)
+  ))
   c.model = ConfigDict(dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
                             attn_resolutions=(16,), dropout=0.1, num_groups=32))
   c.optim = ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000, schedule="constant",

@@ -7,13 +7,11 @@ Command:   python main.py --config=configs/dpm/solver_cifar10.py --workdir=runs/
 Data:      CIFAR-10 prepared once with `tfds build cifar10 --file_format=array_record`.
 Hardware:  training as ddpm_cifar10.py (TPU/GPU, days); the report takes minutes on one GPU.
 Paper:     DPM-Solver (Lu et al., NeurIPS 2022). Discrete-time CIFAR-10 model (DDPM's), 12 NFE:
-           FID 4.65. CIFAR-10 continuous VP ("deep" NCSN++ of score_sde): FID 4.70 / 3.75 / 3.24 /
+           FID 4.65. CIFAR-10 continuous VP (score_sde's deep VP network): FID 4.70 / 3.75 / 3.24 /
            2.87 at 10 / 12 / 15 / 20 NFE (DPM-Solver-fast); DPM-Solver-2 at 12 / 18 / 24 / 48 NFE:
            5.28 / 3.43 / 3.02 / 2.69; DPM-Solver-3: 6.03 / 2.90 / 2.75 / 2.65. The continuous-VP
-           rows need a continuous-time NCSN++ model, which this codebase does not train (its
-           U-Net and loss are DDPM's, discrete N = 1000; the linear schedule is the discretisation
-           of the same VP SDE with beta_min = 0.1, beta_max = 20). No FID is computed yet (the
-           evaluation issue). Not reproduced here (no accelerator in this project's CI).
+           rows are configs/dpm/solver_cifar10_continuous.py (a continuous-time VP model). No FID
+           is computed yet (the evaluation issue). Not reproduced here (no accelerator in CI).
 Variant:   `:smoke` runs a tiny model on synthetic 32x32x3 images and one NFE (seconds).
 """
 

@@ -8,7 +8,7 @@ Command:   python main.py --config=configs/dpm/solver_mnist.py --workdir=runs/dd
 Outputs:   runs/ddpm_mnist/solver/{samples_step_*.png, error_step_*.{json,md}}
 Hardware:  any; about 400 U-Net passes over 64 images (seconds on a GPU, minutes on 2 CPU cores).
 Paper:     DPM-Solver (Lu et al., NeurIPS 2022) reports CIFAR-10 FID 4.70 at 10 NFE and 2.87 at 20
-           (solver_cifar10_vp.py); the claim to show here is that at 10-20 NFE DPM-Solver is much
+           (solver_cifar10_continuous.py); the claim to show here is that at 10-20 NFE DPM-Solver is much
            closer to the ODE solution than DDIM at the same NFE.
 Variant:   `:smoke` runs a tiny model for a few steps and one NFE (seconds).
 """

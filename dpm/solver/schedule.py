@@ -139,10 +139,20 @@ class NoiseScheduleVP:
                    log_alpha_knots.shape[0] - 2)
       f0, f1 = log_alpha_knots[j], log_alpha_knots[j + 1]
       return f0 + (t * self.total_N - (j + 1).astype(t.dtype)) * (f1 - f0)
+    return self._continuous_log_alpha(t, jnp)
+
+  def log_alpha_float64(self, t) -> np.ndarray:
+    """log alpha_t in float64 numpy (continuous schedules), for host-side tables such as the
+    discretised chain alpha_bar_n = alpha_{t_n}^2 of a continuous-time model."""
+    if self.schedule == "discrete":
+      raise ValueError("log_alpha_float64 is for continuous schedules; discrete ones are tables")
+    return self._continuous_log_alpha(np.asarray(t, np.float64), np)
+
+  def _continuous_log_alpha(self, t, xp):
     if self.schedule == "linear":
       return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
     angle = (t + _COSINE_S) / (1.0 + _COSINE_S) * (math.pi / 2.0)
-    return jnp.log(jnp.cos(angle)) - self._cos_log_alpha_0
+    return xp.log(xp.cos(angle)) - self._cos_log_alpha_0
 
   def marginal_alpha(self, t):
     return jnp.exp(self.marginal_log_mean_coeff(t))
