@@ -2,11 +2,14 @@
 
 Specification (a street layout on a square block): n x n grid of unit streets, exits at the four
 boundary midpoints (sinks, required), every vertex within geodesic range `--range` of the network,
-objective = length + travel_weight * travel proxy (the paper's objective), distance labels.
+objective = length + travel_weight * travel term. Connectivity `tree` (ours: parent arcs and vertex
+labels; `--connectivity labels` for the paper's distance labels), with the config's default cuts:
+ball cuts, coverage cuts and forest dominance (netdesign/README.md, "Additions of ours").
 
-  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,7,8,9,10,12,14,16 --time-limit 60
-  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,8,10 --solvers cpsat \
-      --connectivity tree --cpsat-params "symmetry_level:4"      (variants of the model/solver)
+  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,8,10,12,14,16 --time-limit 60
+  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 6,8,10 --connectivity labels
+  PYTHONPATH=. python benchmarks/netdesign_grid.py --sizes 10 --solvers cpsat \
+      --no-forest-cuts --cpsat-params "symmetry_level:4"        (ablations and solver variants)
 
 Each solver gets the full time limit on its own (CP-SAT with 8 workers, HiGHS with threads capped
 at the core count); 'portfolio' rows (CP-SAT then HiGHS warm-started) with --portfolio. A size is
@@ -44,7 +47,9 @@ def grid_config(n: int, time_limit: float, coverage: float, travel: float, ball_
 
 def run_one(n, solver, args) -> dict:
   over = {"model.connectivity": args.connectivity, "model.travel_term": args.travel_term,
-          "spec.coverage.locations": args.locations, "solver.cpsat_params": args.cpsat_params}
+          "spec.coverage.locations": args.locations, "solver.cpsat_params": args.cpsat_params,
+          "model.coverage_cuts": not args.no_coverage_cuts,
+          "model.forest_cuts": not args.no_forest_cuts}
   if args.threads:
     over["solver.threads"] = args.threads
   config = grid_config(n, args.time_limit, args.range, args.travel_weight, not args.no_ball_cuts,
@@ -71,9 +76,15 @@ def main(argv=None):
   p.add_argument("--travel-weight", type=float, default=0.0)
   p.add_argument("--portfolio", action="store_true")
   p.add_argument("--no-ball-cuts", action="store_true", help="ablation: the paper's rows only")
+  p.add_argument("--no-coverage-cuts", action="store_true",
+                 help="ablation: plain coverage rows (model.coverage_cuts=False)")
+  p.add_argument("--no-forest-cuts", action="store_true",
+                 help="ablation: no forest dominance rows (model.forest_cuts=False)")
   p.add_argument("--json", default="", help="also write the rows to this file")
   p.add_argument("--solvers", default="cpsat,highs")
-  p.add_argument("--connectivity", default="labels", help="labels | tree | flow")
+  # tree, not the paper's labels: with the default cuts it proves 10 x 10 in seconds, labels not
+  # in 60 s (netdesign/README.md, grid benchmark).
+  p.add_argument("--connectivity", default="tree", help="tree | labels | flow")
   p.add_argument("--travel-term", default="proxy", help="proxy | mean_trip")
   p.add_argument("--locations", default="vertices", help="coverage at vertices | edges")
   p.add_argument("--cpsat-params", default="", help="extra CP-SAT parameters (text format)")

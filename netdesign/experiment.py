@@ -47,8 +47,10 @@ def validate(config) -> None:
 def _validate_model_and_solver(config) -> None:
   model.CONNECTIVITY.get(checks.get_field(config, "model.connectivity"),
                          field="model.connectivity")
-  if not isinstance(checks.get_field(config, "model.ball_cuts"), bool):
-    raise ConfigError(f"model.ball_cuts={config.model.ball_cuts!r} is invalid: expected True/False")
+  for flag in ("model.ball_cuts", "model.coverage_cuts", "model.forest_cuts"):
+    value = checks.get_field(config, flag)
+    if not isinstance(value, bool):
+      raise ConfigError(f"{flag}={value!r} is invalid: expected True/False")
   checks.positive(config, "model.length_weight", allow_zero=True)
   checks.positive(config, "model.travel_weight", allow_zero=True)
   term = checks.get_field(config, "model.travel_term")

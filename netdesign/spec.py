@@ -52,6 +52,9 @@ class Instance:
     length_scale: lengths are rounded to 1 / length_scale for the integer model.
     connectivity: name of the connectivity formulation ('labels' or 'flow').
     ball_cuts: add the valid geodesic-ball cut rows (model._ball_cuts) that tighten the LP.
+    coverage_cuts: add the coverage rows strengthened by the used edges (model._coverage_cuts).
+    forest_cuts: where model.forest_is_optimal, keep only forests with one sink per tree
+      (model._forest_rows); the optimum is unchanged.
     travel_term: 'proxy' (sum of half-edge labels) or 'mean_trip' (mean over sites of the walk to
       the nearest network vertex plus the network distance to a sink), model.TRAVEL.
   """
@@ -72,6 +75,8 @@ class Instance:
   ball_cuts: bool = True
   travel_term: str = "proxy"
   coverage_locations: str = "vertices"
+  coverage_cuts: bool = True
+  forest_cuts: bool = True
 
   def to_json(self) -> dict:
     return {
@@ -87,6 +92,8 @@ class Instance:
         "travel_term": self.travel_term,
         "connectivity": self.connectivity,
         "ball_cuts": self.ball_cuts,
+        "coverage_cuts": self.coverage_cuts,
+        "forest_cuts": self.forest_cuts,
         "length_scale": self.length_scale,
     }
 
@@ -117,4 +124,6 @@ def from_config(config) -> Instance:
       connectivity=str(config.model.connectivity),
       ball_cuts=bool(config.model.ball_cuts),
       travel_term=str(config.model.travel_term),
-      coverage_locations=str(cov.locations))
+      coverage_locations=str(cov.locations),
+      coverage_cuts=bool(config.model.coverage_cuts),
+      forest_cuts=bool(config.model.forest_cuts))

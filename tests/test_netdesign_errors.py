@@ -42,6 +42,17 @@ def test_bad_value_names_field(field, value):
     netdesign.validate(c)
 
 
+@pytest.mark.parametrize("flag", ["ball_cuts", "coverage_cuts", "forest_cuts"])
+def test_cut_flags_must_be_booleans(flag):
+  """ConfigDict already refuses a str for a bool field; validate also catches a config whose
+  type check was bypassed (e.g. built by hand)."""
+  c = base.get_config()
+  with c.model.ignore_type():
+    c.model[flag] = "yes"
+  with pytest.raises(ConfigError, match=rf"model\.{flag}"):
+    netdesign.validate(c)
+
+
 def test_good_base_config_validates():
   netdesign.validate(base.get_config())
 

@@ -49,6 +49,12 @@ def get_config(arg=None):
   # labels (paper) | tree (ours: parent arcs + vertex labels) | flow (ablation, no travel term)
   c.model.connectivity = "labels"
   c.model.ball_cuts = True         # valid geodesic-ball cut rows (ours): much tighter LP bounds
+  # coverage rows minus the used edges at the vertex (ours, valid for every spec): tighter LP
+  c.model.coverage_cuts = True
+  # forest dominance (ours): where an optimal network is a forest with one sink per tree (length
+  # objective, no features / traffic / travel, vertex coverage, sinks >= 3 edges apart), keep only
+  # those; same optimum (model.forest_is_optimal decides; elsewhere it is a no-op)
+  c.model.forest_cuts = True
   c.model.length_weight = 1.0
   c.model.travel_weight = 0.0      # weight of the travel term
   # proxy: sum_h D_h over used half-edges (the notes'; labels only) | mean_trip: mean over every
