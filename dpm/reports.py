@@ -27,7 +27,7 @@ from flax import nnx
 from common import io, mesh as mesh_lib
 from common.errors import ConfigError, DataError
 from common.registry import Registry
-from dpm import analytic, nll, reverse
+from dpm import analytic, nll, process as process_lib, reverse
 
 REPORTS: Registry = Registry("dpm report")
 
@@ -138,18 +138,8 @@ def variance_for(config, name: str, trajectory: np.ndarray, form: str, eta: floa
 
 
 def config_alphas(config) -> np.ndarray:
-  """alpha_bar_0..alpha_bar_N of the config's discrete chain (cached on the process)."""
-  return _process_of(config).alphas_cumprod
-
-
-def _process_of(config):
-  from dpm import process
-  return _cached_process(process.of(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_process(p):
-  return p  # one instance per distinct process, so its cached tables are computed once
+  """alpha_bar_0..alpha_bar_N of the config's discrete chain."""
+  return process_lib.of(config).alphas_cumprod
 
 
 def dp_trajectories(config, gamma: np.ndarray, variance: str, ks) -> dict[int, np.ndarray]:
@@ -263,7 +253,7 @@ def analytic_grids(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> di
   shape = (cfg.grid_samples,) + tuple(setup.data.shape)
   rng = jax.random.key(config.sample.seed)
   x_T = jax.random.normal(jax.random.fold_in(rng, 0), shape)
-  key = _process_of(config)
+  key = process_lib.of(config)
   panels, paths = {}, {}
   for k in cfg.grid_ks:
     traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
