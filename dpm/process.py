@@ -57,17 +57,14 @@ class Process:
     return NoiseScheduleVP("discrete", alphas_cumprod=self.alphas_cumprod[1:])
 
   @functools.cached_property
-  def step_times(self) -> np.ndarray:
-    """t_0..t_N (float64) of the discrete steps: n / N for discrete time, n T / N for continuous."""
-    n = np.arange(self.num_steps + 1, dtype=np.float64)
-    return n * (self.noise_schedule.T if self.continuous else 1.0) / self.num_steps
-
-  @functools.cached_property
   def alphas_cumprod(self) -> np.ndarray:
-    """alpha_bar_0..alpha_bar_N (float64, alpha_bar_0 = 1) of the discrete chain."""
+    """alpha_bar_0..alpha_bar_N (float64, alpha_bar_0 = 1) of the discrete chain; for continuous
+    time alpha_{t_n}^2 at t_n = n T / N."""
     if not self.continuous:
       return schedules.get_alphas_cumprod(self.schedule, self.num_steps)
-    return np.exp(2.0 * self.noise_schedule.log_alpha_float64(self.step_times))
+    ns = self.noise_schedule
+    t = np.arange(self.num_steps + 1, dtype=np.float64) * ns.T / self.num_steps
+    return np.exp(2.0 * ns.log_alpha_float64(t))
 
   def step_input(self, n: jax.Array) -> jax.Array:
     """The network's time input at integer step n (1..N)."""
@@ -98,11 +95,11 @@ class Process:
 
 
 def of(config) -> Process:
+  """The process of config.diffusion; fields it lacks (a config saved before they existed) take
+  Process's defaults."""
   d = config.diffusion
-  return Process(time=d.get("time", "discrete"), schedule=d.schedule, num_steps=int(d.num_steps),
-                 continuous_beta_0=float(d.get("continuous_beta_0", 0.1)),
-                 continuous_beta_1=float(d.get("continuous_beta_1", 20.0)),
-                 t_eps=float(d.get("t_eps", 1e-5)), time_scale=float(d.get("time_scale", 999.0)))
+  return Process(**{f.name: type(f.default)(d[f.name]) for f in dataclasses.fields(Process)
+                    if f.name in d})
 
 
 def validate(config) -> None:
