@@ -284,10 +284,7 @@ def travel_mean_trip(ctx: Context) -> tuple:
   node = ctx.node_dist if ctx.node_dist is not None else _node_distance_from_labels(ctx)
   to_sink = sink_distance(ctx, unreachable=-1)
   acc = access_distance(inst, ctx.lengths)
-  near = None
-  if inst.coverage_range is not None:
-    near = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric)(inst.template) <= (
-        inst.coverage_range + 1e-9)
+  near = coverage_balls(inst) if inst.coverage_range is not None else None
   sites = trip_sites(inst, to_sink, acc)
   dmax = label_bound(ctx)
   terms = []
@@ -313,16 +310,20 @@ def travel_mean_trip(ctx: Context) -> tuple:
   return terms, max(1, len(sites))
 
 
+def coverage_balls(inst: spec_lib.Instance) -> np.ndarray:
+  """[V, V] bool: near[u, v] iff v is within the coverage range of u (spec.coverage.metric)."""
+  dist = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric, "spec.coverage.metric")(
+      inst.template)
+  return dist <= inst.coverage_range + 1e-9
+
+
 def _coverage(ctx: Context) -> None:
   """Every template vertex has a used vertex within the coverage range (the paper's coverage)."""
   inst = ctx.inst
   if inst.coverage_range is None:
     return
-  dist = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric, "spec.coverage.metric")(
-      inst.template)
-  for u in range(inst.template.num_vertices):
-    near = np.flatnonzero(dist[u] <= inst.coverage_range + 1e-9)
-    ctx.lm.add([(ctx.used(int(v)), 1) for v in near], lo=1)
+  for near in coverage_balls(inst):
+    ctx.lm.add([(ctx.used(int(v)), 1) for v in np.flatnonzero(near)], lo=1)
 
 
 def forest_is_optimal(inst: spec_lib.Instance) -> bool:
@@ -384,8 +385,7 @@ def coverage_cut_rows(inst: spec_lib.Instance, forest: bool) -> list:
   street block (range 1) these rows lift the LP bound from 21.9 to 29.9 (optimum 32).
   """
   tpl = inst.template
-  dist = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric, "spec.coverage.metric")(tpl)
-  near = dist <= inst.coverage_range + 1e-9
+  near = coverage_balls(inst)
   a, b = tpl.edges[:, 0], tpl.edges[:, 1]
   rows = []
   for u in range(tpl.num_vertices):
@@ -466,9 +466,7 @@ def _ball_cuts(ctx: Context) -> None:
   tpl = inst.template
   geo = tpl.geodesic()
   to_sink = geo[:, inst.sinks].min(axis=1)
-  cover = None
-  if inst.coverage_range is not None:
-    cover = spec_lib.COVERAGE_METRICS.get(inst.coverage_metric)(tpl) <= inst.coverage_range + 1e-9
+  cover = coverage_balls(inst) if inst.coverage_range is not None else None
   for u in range(tpl.num_vertices):
     if ctx.is_sink[u]:
       continue
