@@ -47,9 +47,8 @@ def launch(config, workdir: str, mode: str = "train") -> None:
   family = load_family(config)
   if hasattr(family, "validate"):
     family.validate(config)
-  if mesh.is_main_process():
-    os.makedirs(workdir, exist_ok=True)
-    io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  io.on_main_process(os.path.join(workdir, "config.json"),
+                     lambda p: io.atomic_write_text(p, config.to_json_best_effort(indent=2)))
   family.run(config, workdir, mode)
 
 
@@ -63,7 +62,9 @@ def main(argv):
   logs.quiet_library_logs()
   mesh.enable_compilation_cache()
   config = _CONFIG.value
-  cpu_devices = _CPU_DEVICES.value or mesh.default_cpu_devices(config)
+  family = load_family(config)  # imports only: JAX's backends start after the CPU split below
+  sizes = family.batch_sizes(config) if hasattr(family, "batch_sizes") else ()
+  cpu_devices = _CPU_DEVICES.value or mesh.default_cpu_devices(sizes)
   if mesh.set_cpu_devices(cpu_devices):  # before anything initialises JAX's backends
     logging.info("CPU backend split into %d devices (--cpu_devices).", cpu_devices)
   if _MULTIHOST.value:

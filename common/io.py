@@ -5,9 +5,24 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+
+def cache_dir(*parts: str) -> str:
+  """The user cache of this codebase, $XDG_CACHE_HOME/jax-papers (default ~/.cache/jax-papers),
+  joined with `parts`: compiled XLA programs, parsed datasets."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return os.path.join(base, "jax-papers", *parts)
+
+
+def on_main_process(path: str, write: Callable[[str], Any]) -> str:
+  """Calls `write(path)` on process 0 only (every process computes, one writes); returns path."""
+  import jax
+  if jax.process_index() == 0:
+    write(path)
+  return path
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import numpy as np
@@ -46,14 +46,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  """The slice of the global batch this process loads."""
-  return global_batch_size // jax.process_count()
+def shard_batch(batch: Any, mesh: Mesh, seed_axis: bool = False) -> Any:
+  """Turns this process's numpy slice of a global batch into global arrays sharded over `data`.
 
-
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Turns this process's numpy slice of a global batch into global arrays sharded over `data`."""
-  sharding = batch_sharding(mesh)
+  With `seed_axis`, the leaves are [num_seeds, batch, ...] and the second axis is split.
+  """
+  sharding = NamedSharding(mesh, P(None, DATA_AXIS)) if seed_axis else batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       batch)
 
@@ -62,43 +60,32 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def enable_compilation_cache(directory: str | None = None) -> None:
+def enable_compilation_cache() -> None:
   """Keeps compiled XLA programs on disk so a rerun (or resume) skips recompilation.
 
-  The directory is $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/jax-papers/xla.
+  The directory is $JAX_COMPILATION_CACHE_DIR if set (JAX reads it itself), else
+  common.io.cache_dir('xla') (~/.cache/jax-papers/xla).
   """
-  import os
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return  # JAX reads the environment itself.
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-  jax.config.update("jax_compilation_cache_dir", directory or os.path.join(base, "jax-papers", "xla"))
+    return
+  from common import io
+  jax.config.update("jax_compilation_cache_dir", io.cache_dir("xla"))
 
 
-# Fields whose values are split over the `data` axis, so the device count must divide them.
-SHARDED_BATCH_FIELDS = ("data.batch_size", "sample.num_samples")
-
-
-def default_cpu_devices(config: Any, cores: int | None = None) -> int:
+def default_cpu_devices(sharded_sizes: Iterable[int] = (), cores: int | None = None) -> int:
   """How many devices to split the host CPU into when the experiment runs on the CPU backend.
 
   XLA's CPU convolution gradients use little of a second core; splitting the batch over simulated
   host devices runs the slices on separate threads. Measured on 2 cores (benchmarks/
   train_throughput.py, DDPM MNIST U-Net, batch 64): 1.61x with 2 devices, 2.04x with 4, 1.85x with
-  8. Rule: the largest power of two <= min(2 x cores, 8) that divides every sharded batch size.
+  8. Rule: the largest power of two <= min(2 x cores, 8) that divides every size in
+  `sharded_sizes` (the family's batch sizes split over the `data` axis).
   """
   cores = cores or os.cpu_count() or 1
   n = 1
   while n * 2 <= min(2 * cores, 8):
     n *= 2
-  sizes = []
-  for field in SHARDED_BATCH_FIELDS:
-    node = config
-    for part in field.split("."):
-      node = node.get(part) if hasattr(node, "get") else None
-      if node is None:
-        break
-    if isinstance(node, int) and node > 0:
-      sizes.append(node)
+  sizes = [int(s) for s in sharded_sizes if int(s) > 0]
   while n > 1 and any(size % n for size in sizes):
     n //= 2
   return n

@@ -45,6 +45,9 @@ class Registry(Generic[T]):
           f"valid names: {', '.join(sorted(self._items))}")
     return self._items[name]
 
+  def __getitem__(self, name: str) -> T:
+    return self.get(name)
+
   def names(self) -> list[str]:
     return sorted(self._items)
 

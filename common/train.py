@@ -1,9 +1,29 @@
-"""The one training loop of the codebase: NNX model + optax in a pure, jitted, donated train step.
+"""The one training loop of the codebase, for every family.
 
-A family supplies a model, `loss_fn(model, batch, rng) -> (loss, metrics)`, a Dataset and optional
-evaluation hooks; this module does the rest: optimiser with warmup/decay and clipping, EMA of the
-parameters, batch sharding over the device mesh, fail-fast NaN checks, progress lines, metrics,
-checkpoints every `train.ckpt_every` steps and at the end, and resumption from the latest checkpoint.
+A family describes what it trains as a `Program` and hands it to `fit`:
+
+  program = train.Program(
+      init=lambda key: state,         # any pytree: models, optimiser states, counters
+      step=lambda state, batch, key, consts: (state, metrics),  # pure; metrics["loss"] required
+      consts=frozen,                  # arrays the step reads but never changes (not saved)
+      finite=("loss", "grad_norm"))   # metrics that must stay finite
+  state = train.fit(program, config, workdir, data=lambda start, seed: batches)
+
+`fit` jits the step with the state donated and the batch sharded over the mesh's `data` axis,
+resumes from the newest checkpoint in `workdir/checkpoints`, stops on a non-finite metric, logs
+progress, writes `metrics.jsonl` and TensorBoard, saves checkpoints and runs hooks. The step's key is
+folded with the step index, so a resumed run draws the same randomness. Options (config.train):
+
+  num_seeds     S > 1 vmaps init and step over a leading seed axis: seeds config.seed .. +S-1 in
+                one compiled program, each with its own data stream (data(start, i)); metrics are
+                logged per seed and as mean and standard error.
+  init_from     a warm start: the workdir (or stage directory) of another run, whose checkpoint
+                (`init_step`, 0 = newest) part `init_source` is grafted into `init_target`
+                ('state.<path>' on a fresh start, 'consts.<path>' at every start), shapes checked.
+  finite_metrics  names checked every step (default: the program's `finite`).
+
+`fit_stages` runs a list of named stages, each its own program under `workdir/<stage>/`; a rerun
+skips finished stages (reading their final state) and resumes the first unfinished one.
 """
 
 from __future__ import annotations
@@ -12,124 +32,163 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 from absl import logging
-from flax import nnx, struct
+from ml_collections import ConfigDict
 
 from common import checks, mesh as mesh_lib
-from common.checkpoint import Checkpointer
-from common.errors import CheckpointError, NonFiniteError
+from common.checkpoint import Checkpointer, abstract, path_name
+from common.errors import CheckpointError, ConfigError, NonFiniteError
 from common.metrics import MetricWriter
-from common.registry import Registry
 
-LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
-LR_SCHEDULES: Registry = Registry("learning-rate schedule")
-OPTIMIZERS: Registry = Registry("optimizer")
+# data(start_step, seed_index) -> iterator of this process's numpy batches from step start_step + 1.
+DataFn = Callable[[int, int], Iterable[Any]]
+# seed -> (init key, step key)
+KeysFn = Callable[[int], tuple[jax.Array, jax.Array]]
 
 
-@struct.dataclass
-class TrainState:
-  """Everything that changes during training; a pytree, saved whole in checkpoints."""
-  step: jax.Array
-  params: nnx.State
-  opt_state: optax.OptState
-  ema_params: nnx.State
+@dataclasses.dataclass
+class Program:
+  """What a family trains: see the module docstring."""
+  init: Callable[[jax.Array], Any]
+  step: Callable[[Any, Any, jax.Array, Any], tuple[Any, Mapping[str, jax.Array]]]
+  consts: Any = None
+  finite: Sequence[str] = ("loss", "grad_norm")
 
 
 @dataclasses.dataclass
 class Hook:
   """Runs `fn(state, step) -> metrics | None` every `every` steps and after the last step."""
   every: int
-  fn: Callable[[TrainState, int], Mapping[str, Any] | None]
+  fn: Callable[[Any, int], Mapping[str, Any] | None]
+
+
+@dataclasses.dataclass
+class Stage:
+  """One stage of a multi-stage run.
+
+  Attributes:
+    name: its directory under the workdir (checkpoints, metrics).
+    build: the final states of the stages before it, by name -> its Program.
+    data: its batches (see DataFn).
+    hooks: run during this stage only.
+    train: overrides of config.train for this stage (e.g. {"num_steps": 500}).
+  """
+  name: str
+  build: Callable[[Mapping[str, Any]], Program]
+  data: DataFn
+  hooks: Sequence[Hook] = ()
+  train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def default_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  init_key, step_key = jax.random.split(jax.random.key(seed))
+  return init_key, step_key
 
 
 def validate(config) -> None:
-  """Checks the shared `train`, `optim` and `data.batch_size` fields; errors name the field."""
-  for field in ("train.num_steps", "train.log_every", "train.ckpt_every", "optim.lr",
-                "data.batch_size"):
+  """Checks the shared `train` fields; errors name the field."""
+  for field in ("train.num_steps", "train.log_every", "train.ckpt_every"):
     checks.positive(config, field)
-  checks.positive(config, "optim.warmup_steps", allow_zero=True)
-  checks.positive(config, "optim.grad_clip", allow_zero=True)
-  checks.in_range(config, "train.ema_decay", 0.0, 1.0)
-  LR_SCHEDULES.get(config.optim.schedule, field="optim.schedule")
-  OPTIMIZERS.get(config.optim.name, field="optim.name")
+  train = config.train
+  if "num_seeds" in train:
+    checks.positive(config, "train.num_seeds")
+  if "ema_decay" in train:
+    checks.in_range(config, "train.ema_decay", 0.0, 1.0)
+  source = train.get("init_from", "")
+  if source and not os.path.isdir(os.path.join(source, "checkpoints")):
+    raise ConfigError(f"train.init_from={source!r} is invalid: expected a workdir (or a stage "
+                      "directory of one) that holds checkpoints/")
+  for target in _targets(train):
+    if target.split(".")[0] not in ("state", "consts"):
+      raise ConfigError(f"train.init_target={target!r} is invalid: expected 'state.<path>' or "
+                        "'consts.<path>'")
 
 
-@LR_SCHEDULES.register("constant")
-def _constant(lr: float, num_steps: int) -> optax.Schedule:
-  del num_steps
-  return optax.constant_schedule(lr)
+def _targets(train) -> list[str]:
+  return [t.strip() for t in str(train.get("init_target", "state.params")).split(",") if t.strip()]
 
 
-@LR_SCHEDULES.register("cosine")
-def _cosine(lr: float, num_steps: int) -> optax.Schedule:
-  return optax.cosine_decay_schedule(lr, max(num_steps, 1))
+# ------------------------------------------------------------------------------------------------
+# Warm starts
 
 
-@LR_SCHEDULES.register("linear")
-def _linear(lr: float, num_steps: int) -> optax.Schedule:
-  return optax.linear_schedule(lr, 0.0, max(num_steps, 1))
+def load_part(workdir: str, part: str, step: int = 0) -> Any:
+  """Part `part` ('ema_params', 'params/base', ...) of a run's checkpoint, as nested dicts of numpy
+  arrays; step 0 means the newest. Fingerprint-verified by common.checkpoint."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = step or ckpt.latest_step()
+  if step is None:
+    raise CheckpointError(f"train.init_from={workdir!r}: no checkpoint in "
+                          f"{os.path.join(workdir, 'checkpoints')}")
+  tree = ckpt.restore_raw(step)
+  for name in [p for p in part.replace(".", "/").split("/") if p]:
+    if not isinstance(tree, Mapping) or name not in tree:
+      have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+      raise ConfigError(f"train.init_source={part!r}: checkpoint {ckpt.step_dir(step)} has no "
+                        f"{name!r} (it has {have})")
+    tree = tree[name]
+  logging.info("Warm start: %r of %s.", part, ckpt.step_dir(step))
+  return tree
 
 
-OPTIMIZERS.add("adam", lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps))
-OPTIMIZERS.add("adamw", lambda lr, c: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps,
-                                                  weight_decay=c.weight_decay))
-OPTIMIZERS.add("sgd", lambda lr, c: optax.sgd(lr, momentum=c.get("momentum", 0.0) or None))
+def _flat_named(tree: Any) -> dict[str, Any]:
+  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def learning_rate(optim, num_steps: int) -> optax.Schedule:
-  """Linear warmup over `optim.warmup_steps`, then the named decay over the remaining steps."""
-  decay = LR_SCHEDULES.get(optim.schedule, field="optim.schedule")(
-      optim.lr, num_steps - optim.warmup_steps)
-  if optim.warmup_steps == 0:
-    return decay
-  warmup = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
-  return optax.join_schedules([warmup, decay], [optim.warmup_steps])
+def graft(tree: Any, target: str, loaded: Any, source: str = "checkpoint") -> Any:
+  """`tree` with the leaves under path `target` ('params/base', '' = all) replaced by `loaded`.
+
+  The leaves of `loaded` must match those of the target subtree one for one, by relative path,
+  shape and dtype; a mismatch raises ConfigError naming the parameter.
+  """
+  prefix = target.replace(".", "/").strip("/")
+  new = _flat_named(loaded)
+  paths, leaves = [], []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = path_name(path)
+    paths.append(name)
+    rel = name[len(prefix) + 1:] if prefix and name.startswith(prefix + "/") else (
+        name if not prefix else None)
+    if rel is None:
+      leaves.append(leaf)
+      continue
+    if rel not in new:
+      raise ConfigError(f"{source} has no parameter {rel!r} for {name!r} of this model")
+    value = new.pop(rel)
+    if tuple(np.shape(value)) != tuple(leaf.shape):
+      raise ConfigError(f"parameter {rel!r} has shape {tuple(np.shape(value))} in {source} but "
+                        f"{tuple(leaf.shape)} in this model ({name})")
+    leaves.append(jnp.asarray(value, dtype=leaf.dtype))
+  if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
+    raise ConfigError(f"train.init_target: this run's state has no part {target!r}")
+  if new:
+    raise ConfigError(f"{source} has parameters this model lacks under {target!r}: "
+                      f"{sorted(new)[:5]}")
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), leaves)
 
 
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  lr = learning_rate(optim, num_steps)
-  opt = OPTIMIZERS.get(optim.name, field="optim.name")(lr, optim)
-  return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip else opt
+def _warm_start(train, state: Any, consts: Any, fresh: bool) -> tuple[Any, Any]:
+  source = train.get("init_from", "")
+  if not source:
+    return state, consts
+  loaded = load_part(source, train.get("init_source", "ema_params"), train.get("init_step", 0))
+  where = f"train.init_from={source!r}"
+  for target in _targets(train):
+    which, _, sub = target.partition(".")
+    if which == "consts":
+      consts = graft(consts, sub, loaded, where)
+    elif fresh:
+      state = graft(state, sub, loaded, where)
+  return state, consts
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-  graphdef, params = nnx.split(model, nnx.Param)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     ema_params=jax.tree.map(jnp.copy, params))
-  return graphdef, state
-
-
-def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """EMA decay warmed up as min(decay, (1 + step) / (10 + step)) so short runs are not biased to init."""
-  step = step.astype(jnp.float32)
-  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-
-
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    ema_decay: float, lr_fn: optax.Schedule):
-  """The pure step (state, batch, rng) -> (state, metrics); rng is folded with the step inside."""
-
-  def train_step(state: TrainState, batch: Any, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-
-    def loss_of(params):
-      return loss_fn(nnx.merge(graphdef, params), batch, rng)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = ema_decay_at(state.step, ema_decay)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-               "lr": lr_fn(state.step)}
-    return TrainState(state.step + 1, params, opt_state, ema), metrics
-
-  return train_step
+# ------------------------------------------------------------------------------------------------
+# The loop
 
 
 def _format_eta(seconds: float) -> str:
@@ -139,107 +198,227 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-class Trainer:
-  """Runs training for a family. See the module docstring."""
+def _matches(name: str, key: str) -> bool:
+  return key == name or key.startswith(name + "/")
 
-  def __init__(self, config, workdir: str, model: nnx.Module, loss_fn: LossFn,
-               mesh: jax.sharding.Mesh | None = None):
-    self.config = config
-    self.workdir = workdir
-    self.mesh = mesh or mesh_lib.make_mesh()
-    num_steps = config.train.num_steps
-    self.tx = make_optimizer(config.optim, num_steps)
-    self.graphdef, state = init_state(model, self.tx)
-    self.state = mesh_lib.replicate(state, self.mesh)
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                     config.train.get("keep_checkpoints", 3))
-    step_fn = make_train_step(self.graphdef, loss_fn, self.tx, config.train.ema_decay,
-                              learning_rate(config.optim, num_steps))
-    rep = mesh_lib.replicated(self.mesh)
-    self._step = jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
 
-  def model(self, ema: bool = True) -> nnx.Module:
-    """The model with the current (EMA by default) parameters."""
-    return nnx.merge(self.graphdef, self.state.ema_params if ema else self.state.params)
+class _Checker:
+  """Fails fast on a non-finite metric, naming the step, the seed and the last good checkpoint."""
 
-  def restore_latest(self) -> int:
-    """Loads the newest checkpoint, if any; returns the step to continue from (0 if none)."""
-    step = self.checkpointer.latest_step()
-    if step is None:
-      return 0
-    self.state = self.checkpointer.restore(step, self.state)
-    logging.info("Restored checkpoint %s", self.checkpointer.step_dir(step))
-    return int(self.state.step)
+  def __init__(self, names: Sequence[str], checkpointer: Checkpointer, field: str):
+    self.names, self.checkpointer, self.field = list(names), checkpointer, field
 
-  def _check_finite(self, step: int, metrics: Mapping[str, Any]) -> None:
-    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-    if math.isfinite(loss) and math.isfinite(grad_norm):
+  def __call__(self, step: int, metrics: Mapping[str, np.ndarray]) -> None:
+    if "loss" not in metrics:
+      raise ConfigError("the training step must return metrics['loss']")
+    keys = []
+    for name in self.names:
+      found = [k for k in metrics if _matches(name, k)]
+      if not found:
+        raise ConfigError(f"{self.field} names {name!r}, which the step does not return (it "
+                          f"returns {sorted(metrics)})")
+      keys += found
+    bad = {k: metrics[k] for k in keys if not np.all(np.isfinite(metrics[k]))}
+    if not bad:
       return
     good = self.checkpointer.last_good_step()
     last = self.checkpointer.step_dir(good) if good is not None else "none (no checkpoint yet)"
-    raise NonFiniteError(f"non-finite training at step {step}: loss={loss}, grad_norm={grad_norm}. "
+    values = ", ".join(f"{k}={_show(metrics[k])}" for k in keys)
+    seeds = sorted({int(i) for v in bad.values() for i in np.flatnonzero(~np.isfinite(v))})
+    where = f" (seed index {seeds})" if np.ndim(next(iter(bad.values()))) else ""
+    raise NonFiniteError(f"non-finite training at step {step}{where}: {values}. "
                          f"Last good checkpoint: {last}")
 
-  def train(self, data: Iterable[Any] | Callable[[int], Iterable[Any]],
-            hooks: Iterable[Hook] = (), rng: jax.Array | None = None) -> TrainState:
-    """Trains up to `train.num_steps`, resuming from the latest checkpoint in the workdir.
 
-    Args:
-      data: a function start_step -> iterator of this process's numpy batches.
-      hooks: evaluation hooks, run on the EMA/current state every `hook.every` steps and at the end.
-      rng: the training key (dropout, diffusion noise); folded with the step inside the step.
-    """
-    cfg = self.config.train
-    start = self.restore_latest()
-    rng = jax.random.key(self.config.seed) if rng is None else rng
-    writer = MetricWriter(self.workdir, cfg.get("tensorboard", True))
-    hooks = list(hooks)
-    if start >= cfg.num_steps:
-      logging.info("Already trained to step %d (train.num_steps=%d).", start, cfg.num_steps)
-      return self.state
-    batches = iter(data(start))
-    logging.info("Training steps %d..%d on %d device(s), global batch %d.", start, cfg.num_steps,
-                 self.mesh.size, self.config.data.batch_size)
-    t_start, t_log, sums, n_sum = time.time(), time.time(), {}, 0
-    for step in range(start + 1, cfg.num_steps + 1):
-      batch = mesh_lib.shard_batch(next(batches), self.mesh)
-      self.state, metrics = self._step(self.state, batch, rng)
-      metrics = jax.device_get(metrics)  # One host sync per step: NaN check, no CPU deadlock.
-      self._check_finite(step, metrics)
-      for k, v in metrics.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-      n_sum += 1
-      if step == start + 1:
-        logging.info("First step (compilation included) took %.1fs.", time.time() - t_start)
-        t_log = time.time()
-      if step % cfg.log_every == 0 or step == cfg.num_steps:
-        now = time.time()
-        rate = n_sum / max(now - t_log, 1e-9)
-        means = {k: v / n_sum for k, v in sums.items()}
-        writer.write(step, {**means, "steps_per_sec": rate})
-        logging.info("step %d/%d  loss %.4f  |  %.2f steps/s  ETA %s", step, cfg.num_steps,
-                     means["loss"], rate, _format_eta((cfg.num_steps - step) / max(rate, 1e-9)))
-        t_log, sums, n_sum = now, {}, 0
-      last = step == cfg.num_steps
-      if step % cfg.ckpt_every == 0 or last:
-        self.checkpointer.save(step, self.state)
-      for hook in hooks:
-        if step % hook.every == 0 or last:
-          out = hook.fn(self.state, step)
-          if out:
-            writer.write(step, out)
-    writer.close()
-    return self.state
+def _show(v: np.ndarray) -> str:
+  return str(float(v)) if np.ndim(v) == 0 else np.array2string(np.asarray(v), precision=4)
 
 
-def restore_for_inference(config, workdir: str, model: nnx.Module) -> tuple[nnx.Module, int]:
-  """The EMA model of the latest checkpoint in `workdir` (for --mode=eval / sample)."""
-  tx = make_optimizer(config.optim, config.train.num_steps)
-  graphdef, state = init_state(model, tx)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  step = checkpointer.latest_step()
+class _Averager:
+  """Running means of the step metrics between two log lines; per-seed summaries when S > 1."""
+
+  def __init__(self):
+    self.sums, self.count = {}, 0
+
+  def add(self, metrics: Mapping[str, np.ndarray]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + np.asarray(v, np.float64)
+    self.count += 1
+
+  def flush(self, num_seeds: int) -> dict[str, float]:
+    out = {}
+    for k, total in self.sums.items():
+      mean = total / max(self.count, 1)
+      if num_seeds > 1 and np.ndim(mean) == 1:
+        out[k] = float(mean.mean())
+        out[f"{k}_stderr"] = float(mean.std(ddof=1) / math.sqrt(len(mean)))
+        out.update({f"{k}/seed{i}": float(x) for i, x in enumerate(mean)})
+      elif np.size(mean) == 1:
+        out[k] = float(mean)
+    self.sums, self.count = {}, 0
+    return out
+
+
+def _stack_batches(iterators: list[Iterator[Any]]) -> Any:
+  batches = [next(it) for it in iterators]
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches) if len(batches) > 1 else batches[0]
+
+
+def _compile_step(program: Program, num_seeds: int, mesh) -> Callable:
+  rep = mesh_lib.replicated(mesh)
+
+  def one(state, batch, key, t, consts):
+    return program.step(state, batch, jax.random.fold_in(key, t), consts)
+
+  def step(state, batch, keys, t, consts):
+    if num_seeds == 1:
+      return one(state, batch, keys, t, consts)
+    return jax.vmap(one, in_axes=(0, 0, 0, None, None))(state, batch, keys, t, consts)
+
+  return jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+
+
+class Run:
+  """One program bound to a workdir, a mesh and seeds: initial or restored state, compiled step.
+
+  `fit` drives it; benchmarks and tests may call `step` directly.
+  """
+
+  def __init__(self, program: Program, config, workdir: str, train=None, mesh=None,
+               keys: KeysFn | None = None):
+    self.program, self.config, self.workdir = program, config, workdir
+    self.train = train if train is not None else config.train
+    self.mesh = mesh or mesh_lib.make_mesh()
+    self.num_seeds = int(self.train.get("num_seeds", 1))
+    keys = keys or default_keys
+    pairs = [keys(config.seed + i) for i in range(self.num_seeds)]
+    stack = (lambda ks: ks[0]) if self.num_seeds == 1 else jnp.stack
+    self.init_keys = stack([p[0] for p in pairs])
+    self.step_keys = stack([p[1] for p in pairs])
+    self._init = program.init if self.num_seeds == 1 else jax.vmap(program.init)
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     self.train.get("keep_checkpoints", 3))
+    self.state, self.consts, self.start = None, None, 0
+    self._step = _compile_step(program, self.num_seeds, self.mesh)
+
+  def abstract_state(self) -> Any:
+    """The state's shapes and dtypes, replicated over the mesh (no arrays are made)."""
+    return abstract(jax.eval_shape(self._init, self.init_keys), mesh_lib.replicated(self.mesh))
+
+  def restore_or_init(self) -> int:
+    """The newest checkpoint of the workdir, or a fresh (warm-started) state; returns its step."""
+    latest = self.checkpointer.latest_step()
+    for path in self.checkpointer.unfinished():
+      logging.warning("Ignoring %s: a save that never finished (the run was stopped while saving).",
+                      path)
+    consts = self.program.consts
+    if latest is None:
+      state = self._init(self.init_keys)
+    else:
+      state = self.checkpointer.restore(latest, self.abstract_state())
+      logging.info("Restored checkpoint %s", self.checkpointer.step_dir(latest))
+    state, consts = _warm_start(self.train, state, consts, fresh=latest is None)
+    self.state = mesh_lib.replicate(state, self.mesh)
+    self.consts = mesh_lib.replicate(consts, self.mesh)
+    self.start = latest or 0
+    return self.start
+
+  def step(self, batch: Any, t: int) -> Mapping[str, Any]:
+    """Runs step t + 1 (t steps done) on this process's numpy batch; returns device metrics."""
+    sharded = mesh_lib.shard_batch(batch, self.mesh, seed_axis=self.num_seeds > 1)
+    self.state, metrics = self._step(self.state, sharded, self.step_keys,
+                                     jnp.asarray(t, jnp.int32), self.consts)
+    return metrics
+
+
+def fit(program: Program, config, workdir: str, data: DataFn, hooks: Iterable[Hook] = (), *,
+        train=None, mesh=None, keys: KeysFn | None = None, name: str = "") -> Any:
+  """Trains `program` up to train.num_steps, resuming from the newest checkpoint in the workdir.
+
+  Args:
+    program: what to train (see Program).
+    config: the experiment config (seed, train, data.batch_size).
+    workdir: where checkpoints/, metrics.jsonl and tensorboard/ go.
+    data: batches from a start step, per seed index.
+    hooks: evaluations, run every `hook.every` steps and after the last step.
+    train: the train block to use instead of config.train (a stage's).
+    mesh: the device mesh (default: all devices).
+    keys: seed -> (init key, step key); default: split(key(seed)).
+    name: the stage name, for log lines.
+
+  Returns:
+    The final state (leading seed axis when train.num_seeds > 1).
+  """
+  run = Run(program, config, workdir, train, mesh, keys)
+  cfg, label = run.train, f"stage {name!r}: " if name else ""
+  start = run.restore_or_init()
+  if start >= cfg.num_steps:
+    logging.info("%sAlready trained to step %d (train.num_steps=%d); nothing to do.", label, start,
+                 cfg.num_steps)
+    return run.state
+  check = _Checker(cfg.get("finite_metrics", program.finite), run.checkpointer,
+                   "train.finite_metrics")
+  streams = [iter(data(start, i)) for i in range(run.num_seeds)]
+  hooks = list(hooks)
+  writer = MetricWriter(workdir, cfg.get("tensorboard", True))
+  batch_size = config.get("data", {}).get("batch_size", "?")
+  logging.info("%sTraining steps %d..%d on %d device(s), global batch %s%s.", label, start,
+               cfg.num_steps, run.mesh.size, batch_size,
+               f", {run.num_seeds} seeds vmapped" if run.num_seeds > 1 else "")
+  t_start = t_log = time.time()
+  averager = _Averager()
+  for step in range(start + 1, cfg.num_steps + 1):
+    metrics = jax.device_get(run.step(_stack_batches(streams), step - 1))  # blocks: CPU deadlock
+    check(step, metrics)
+    averager.add(metrics)
+    if step == start + 1:
+      logging.info("%sFirst step (compilation included) took %.1fs.", label, time.time() - t_start)
+      t_log = time.time()
+    last = step == cfg.num_steps
+    if step % cfg.log_every == 0 or last:
+      now, n = time.time(), averager.count
+      rate = n / max(now - t_log, 1e-9)
+      means = averager.flush(run.num_seeds)
+      writer.write(step, {**means, "steps_per_sec": rate})
+      logging.info("%sstep %d/%d  loss %.4f  |  %.2f steps/s  ETA %s", label, step, cfg.num_steps,
+                   means["loss"], rate, _format_eta((cfg.num_steps - step) / max(rate, 1e-9)))
+      t_log = now
+    if step % cfg.ckpt_every == 0 or last:
+      run.checkpointer.save(step, run.state)
+    for hook in hooks:
+      if step % hook.every == 0 or last:
+        out = hook.fn(run.state, step)
+        if out:
+          writer.write(step, out)
+  writer.close()
+  return run.state
+
+
+def fit_stages(stages: Sequence[Stage], config, workdir: str, *, mesh=None,
+               keys: KeysFn | None = None) -> dict[str, Any]:
+  """Runs the stages in order, each under `workdir/<stage.name>/`; returns their final states."""
+  names = [s.name for s in stages]
+  if len(set(names)) != len(names) or not all(n and os.sep not in n for n in names):
+    raise ConfigError(f"stage names must be distinct directory names, got {names}")
+  done: dict[str, Any] = {}
+  for stage in stages:
+    train = ConfigDict(config.train.to_dict())
+    train.update(dict(stage.train))
+    done[stage.name] = fit(stage.build(dict(done)), config, os.path.join(workdir, stage.name),
+                           stage.data, stage.hooks, train=train, mesh=mesh, keys=keys,
+                           name=stage.name)
+  return done
+
+
+def restore(program: Program, config, workdir: str, mesh=None, step: int | None = None,
+            keys: KeysFn | None = None, train=None) -> tuple[Any, Any, int]:
+  """(state, consts, step) of a run's checkpoint (newest by default), placed on the mesh as training
+  places them, for evaluation and sampling; shapes come from the program, no optimiser is rebuilt."""
+  run = Run(program, config, workdir, train, mesh, keys)
+  step = step or run.checkpointer.latest_step()
   if step is None:
-    raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-                          "train first (--mode=train) with the same --workdir")
-  state = checkpointer.restore(step, state)
-  return nnx.merge(graphdef, state.ema_params), int(state.step)
+    raise CheckpointError(f"no checkpoint in {run.checkpointer.directory}: train first "
+                          "(--mode=train) with the same --workdir")
+  state = run.checkpointer.restore(step, run.abstract_state())
+  _, consts = _warm_start(run.train, None, program.consts, fresh=False)
+  return state, mesh_lib.replicate(consts, run.mesh), int(step)

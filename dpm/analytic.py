@@ -151,12 +151,6 @@ def gamma_at(gamma: np.ndarray, trajectory: np.ndarray) -> np.ndarray:
 # Optimal variance (Thm 1) and its bounds (Thm 2)
 
 
-def c_clip_range(data_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[float, float]:
-  """[0, ((b - a) / 2)^2]: the range of the average posterior variance C_n for data in [a, b]^d."""
-  a, b = data_range
-  return (0.0, ((b - a) / 2.0) ** 2)
-
-
 def posterior_variance(gamma: np.ndarray, abar_t: np.ndarray,
                        clip_range: tuple[float, float] | None = DEFAULT_CLIP_RANGE) -> np.ndarray:
   """C_t = (beta_bar_t / alpha_bar_t)(1 - Gamma_t), clipped to clip_range (None: unclipped)."""
@@ -428,7 +422,7 @@ def segmented_trajectories(cost: np.ndarray, gamma: np.ndarray,
             else np.array([1], np.int64))
     tail = np.round(np.linspace(n1, n, k2 + 1)[1:]).astype(np.int64)
     traj = np.concatenate([head, tail])
-    out[k] = reverse._strictly_increasing(traj, n)
+    out[k] = reverse.strictly_increasing(traj, n)
   return out
 
 

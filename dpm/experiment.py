@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import time
+from typing import Callable
 
 import jax
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from common import checks, data as data_lib, io, mesh as mesh_lib, train as train_lib
+from common import checks, data as data_lib, io, mesh as mesh_lib, optim, train as train_lib
 from common.errors import ConfigError
 from common.registry import Registry
-from dpm import analytic, process as process_lib, reports, reverse
+from common.supervised import supervised, trainable_from_config
+from dpm import process as process_lib, reports, samplers
 from dpm.unet import UNet, count_params
 
 MODES: Registry = Registry("dpm mode")
@@ -23,12 +24,11 @@ MODES: Registry = Registry("dpm mode")
 def validate(config) -> None:
   """Rejects bad values at start, naming the field."""
   train_lib.validate(config)
+  optim.validate(config)
+  checks.positive(config, "data.batch_size")
   data_lib.DATASETS.get(config.data.name, field="data.name")
   process_lib.validate(config)
-  reverse.check_form(config.sample.form)
-  if config.sample.trajectory != "dp":
-    reverse.TRAJECTORIES.get(config.sample.trajectory, field="sample.trajectory")
-  analytic.VARIANCES.get(config.sample.variance, field="sample.variance")
+  samplers.validate(config)
   reports.validate(config)
   for field in ("sample.num_samples", "sample.num_steps", "sample.eval_steps", "model.ch",
                 "model.num_res_blocks"):
@@ -42,6 +42,13 @@ def validate(config) -> None:
     if (config.model.ch * mult) % config.model.num_groups:
       raise ConfigError(f"model.num_groups={config.model.num_groups} must divide every width "
                         f"model.ch * ch_mult ({config.model.ch} * {mult})")
+  if config.train.get("num_seeds", 1) != 1:
+    raise ConfigError("train.num_seeds must be 1 for the diffusion family (one U-Net per run)")
+
+
+def batch_sizes(config) -> tuple[int, ...]:
+  """The sizes split over the mesh's `data` axis (main.py picks a CPU device count dividing them)."""
+  return (config.data.batch_size, config.sample.num_samples)
 
 
 def build_model(config, shape: tuple[int, ...], seed: int) -> UNet:
@@ -63,47 +70,22 @@ def _check_divides(config, mesh) -> None:
     checks.divisible(config, field, mesh.size, f"the batch is split over {mesh.size} devices")
 
 
-def needs_gamma(config) -> bool:
-  """Analytic variances and DP trajectories need Gamma of the model being sampled."""
-  return config.sample.variance == "analytic" or config.sample.trajectory == "dp"
+def make_sampler(config, graphdef: nnx.GraphDef, process: process_lib.Process, steps: int, mesh,
+                 gamma: np.ndarray | None = None) -> Callable:
+  """The configured sample.sampler (dpm.samplers) as a jitted (state, rng, shape) -> samples, with
+  `steps` = K for the reverse process or the NFE for DPM-Solver."""
+  return samplers.build(config, process, graphdef, mesh, steps=steps, gamma=gamma,
+                        variance_for=reports.variance_for, dp_trajectory=reports.dp_trajectories)
 
 
-def trajectory_for(config, num_steps: int, gamma: np.ndarray | None) -> np.ndarray:
-  s = config.sample
-  if s.trajectory == "dp":
-    variance = s.variance if s.form == "ddpm" else "analytic"
-    return reports.dp_trajectories(config, gamma, variance, [num_steps])[num_steps]
-  return reverse.make_trajectory(s.trajectory, num_steps, config.diffusion.num_steps)
-
-
-def make_sampler(config, graphdef: nnx.GraphDef, process: process_lib.Process, num_steps: int,
-                 mesh, gamma: np.ndarray | None = None) -> callable:
-  """Jitted (params, rng) -> samples [num_samples, ...] over a `num_steps`-step trajectory of the
-  process's discrete chain (a continuous-time model's discretisation to N steps).
-
-  `gamma` (Gamma_1..Gamma_N of these parameters) is needed for sample.variance='analytic' and
-  sample.trajectory='dp'.
-  """
-  s = config.sample
-  trajectory = trajectory_for(config, num_steps, gamma)
-  sigma2 = reports.variance_for(config, s.variance, trajectory, s.form, s.eta, gamma)
-  alphas_cumprod = process.alphas_cumprod
-
-  @functools.partial(jax.jit, static_argnums=2, out_shardings=mesh_lib.batch_sharding(mesh))
-  def sample(params, rng, shape):
-    net = nnx.merge(graphdef, params)
-    eps_fn = lambda x, n: net(x, process.step_input(n))
-    n_rng, s_rng = jax.random.split(rng)
-    x_T = jax.random.normal(n_rng, shape)
-    x_T = jax.lax.with_sharding_constraint(x_T, mesh_lib.batch_sharding(mesh))
-    return reverse.sample(eps_fn, x_T, s_rng, alphas_cumprod, trajectory, sigma2, s.form, s.eta,
-                          s.clip_denoised)
-
-  return sample
+def keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, step key): the model is built from nnx.Rngs(seed); the step key is the first of
+  three (train, sample grid, test loss), as in every DDPM run recorded in the README."""
+  return jax.random.key(seed), jax.random.split(jax.random.key(seed), 3)[0]
 
 
 class Setup:
-  """What every mode needs: data, mesh, schedule and a freshly initialised model."""
+  """What every mode needs: data, mesh, schedule, a freshly initialised model and its Program."""
 
   def __init__(self, config):
     self.config = config
@@ -114,7 +96,14 @@ class Setup:
     self.process = process_lib.of(config)
     self.alphas_cumprod = self.process.alphas_cumprod
     self.model = build_model(config, self.data.shape, config.seed)
+    self.graphdef = nnx.graphdef(self.model)
     self.rng = jax.random.key(config.seed)
+    num_steps = config.train.num_steps
+    self.program = supervised(self.model, self.loss_fn,
+                              optim.make_optimizer(config.optim, num_steps),
+                              ema_decay=config.train.ema_decay,
+                              lr_fn=optim.learning_rate(config.optim, num_steps),
+                              trainable=trainable_from_config(config.train.get("trainable", "")))
 
   @property
   def sample_shape(self) -> tuple[int, ...]:
@@ -123,28 +112,37 @@ class Setup:
   def loss_fn(self, model, batch, rng, train=True):
     return self.process.loss(model, batch, rng, train)
 
-  def eval_step(self, graphdef: nnx.GraphDef):
-    """Jitted (params, batch, rng) -> test loss; built once, so evaluations do not recompile."""
+  def weights(self, state) -> nnx.State:
+    """The EMA model's whole nnx.State (the argument of samplers and eval steps)."""
+    return nnx.state(self.program.model(state))
+
+  def restore(self, workdir: str) -> tuple[nnx.Module, int]:
+    """The EMA model of the workdir's newest checkpoint, its weights on the mesh."""
+    state, consts, step = train_lib.restore(self.program, self.config, workdir, self.mesh,
+                                            keys=keys)
+    logging.info("Restored the EMA model of step %d from %s.", step, workdir)
+    return self.program.model(state, consts), step
+
+  def eval_step(self):
+    """Jitted (weights, batch, rng) -> test loss; built once, so evaluations do not recompile."""
     if getattr(self, "_eval_step", None) is None:
       self._eval_step = jax.jit(
-          lambda p, x, r: self.loss_fn(nnx.merge(graphdef, p), x, r, train=False)[0])
+          lambda w, x, r: self.loss_fn(nnx.merge(self.graphdef, w), x, r, train=False)[0])
     return self._eval_step
 
 
 def write_samples(workdir: str, name: str, images: np.ndarray) -> str:
-  path = os.path.join(workdir, "samples", f"{name}.png")
-  if mesh_lib.is_main_process():
-    io.save_image_grid(path, images)
-  return path
+  return io.on_main_process(os.path.join(workdir, "samples", f"{name}.png"),
+                            lambda p: io.save_image_grid(p, images))
 
 
-def test_loss(setup: Setup, params, graphdef, rng) -> float:
+def test_loss(setup: Setup, weights, rng) -> float:
   """Mean simple loss on the test split with a fixed key (comparable across checkpoints)."""
-  eval_step = setup.eval_step(graphdef)
+  eval_step = setup.eval_step()
   total, count = 0.0, 0
   cfg = setup.config.eval
   for i, batch in enumerate(setup.data.eval_batches("test", cfg.batch_size, cfg.num_examples)):
-    loss = eval_step(params, batch, jax.random.fold_in(rng, i))  # numpy: replicated on a pod
+    loss = eval_step(weights, batch, jax.random.fold_in(rng, i))  # numpy: replicated on a pod
     total, count = total + float(loss) * len(batch), count + len(batch)
   return total / max(count, 1)
 
@@ -155,40 +153,40 @@ def train(config, workdir: str):
   logging.info("U-Net with %.2fM parameters; data %s %s (%d train examples).",
                count_params(setup.model) / 1e6, config.data.name, setup.data.shape,
                len(setup.data.train))
-  trainer = train_lib.Trainer(config, workdir, setup.model, setup.loss_fn, setup.mesh)
-  train_rng, sample_rng, eval_rng = jax.random.split(setup.rng, 3)
-  sampler = (None if needs_gamma(config) else make_sampler(
-      config, trainer.graphdef, setup.process, config.sample.eval_steps, setup.mesh))
+  _, sample_rng, eval_rng = jax.random.split(setup.rng, 3)
+  sampler = (None if samplers.needs_gamma(config) else make_sampler(
+      config, setup.graphdef, setup.process, config.sample.eval_steps, setup.mesh))
 
   def evaluate(state, step):
     t0 = time.time()
     run = sampler
+    model = setup.program.model(state)
     if run is None:  # Gamma belongs to these parameters: estimate it (cached) at every evaluation
-      gamma = reports.gamma_for(setup, reports.eps_partial(
-          nnx.merge(trainer.graphdef, state.ema_params), setup.process), step, workdir)
-      run = make_sampler(config, trainer.graphdef, setup.process,
-                         config.sample.eval_steps, setup.mesh, gamma)
-    images = run(state.ema_params, sample_rng, setup.sample_shape)
+      gamma = reports.gamma_for(setup, reports.eps_partial(model, setup.process), step, workdir)
+      run = make_sampler(config, setup.graphdef, setup.process, config.sample.eval_steps,
+                         setup.mesh, gamma)
+    weights = nnx.state(model)
+    images = run(weights, sample_rng, setup.sample_shape)
     path = write_samples(workdir, f"step_{step:07d}", mesh_lib.to_host(images))
-    loss = test_loss(setup, state.ema_params, trainer.graphdef, eval_rng)
+    loss = test_loss(setup, weights, eval_rng)
     logging.info("step %d: test loss (EMA) %.4f; %d samples in %.1fs -> %s", step, loss,
                  config.sample.num_samples, time.time() - t0, path)
     return {"test_loss": loss}
 
   hooks = [train_lib.Hook(config.train.eval_every, evaluate)]
-  batches = lambda start: setup.data.train_batches(config.data.batch_size, config.data.seed, start)
-  trainer.train(batches, hooks, train_rng)
-  if config.reports:
+  batches = lambda start, seed: setup.data.train_batches(config.data.batch_size,
+                                                         config.data.seed + seed, start)
+  train_lib.fit(setup.program, config, workdir, batches, hooks, mesh=setup.mesh, keys=keys)
+  if reports.names(config):
     run_reports(config, workdir, setup)
 
 
 def run_reports(config, workdir: str, setup: Setup | None = None) -> dict:
   """Runs config.reports on the EMA model of the latest checkpoint."""
   setup = setup or Setup(config)
-  model, step = train_lib.restore_for_inference(config, workdir, build_model(
-      config, setup.data.shape, config.seed))
+  model, step = setup.restore(workdir)
   out = {}
-  for name in config.reports:
+  for name in reports.names(config):
     t0 = time.time()
     logging.info("Report %r on the model of step %d...", name, step)
     out[name] = reports.REPORTS.get(name, field="reports")(setup, model, step, workdir)
@@ -198,7 +196,7 @@ def run_reports(config, workdir: str, setup: Setup | None = None) -> dict:
 
 @MODES.register("report")
 def report(config, workdir: str):
-  if not config.reports:
+  if not reports.names(config):
     raise ConfigError("--mode=report needs config.reports, e.g. --config.reports=analytic,solver "
                       f"(known: {', '.join(reports.REPORTS.names())})")
   return run_reports(config, workdir)
@@ -207,33 +205,32 @@ def report(config, workdir: str):
 @MODES.register("eval")
 def evaluate(config, workdir: str):
   setup = Setup(config)
-  model, step = train_lib.restore_for_inference(config, workdir, setup.model)
-  graphdef, params = nnx.split(model, nnx.Param)
-  loss = test_loss(setup, params, graphdef, jax.random.split(setup.rng, 3)[2])
+  model, step = setup.restore(workdir)
+  loss = test_loss(setup, nnx.state(model), jax.random.split(setup.rng, 3)[2])
   result = {"step": step, "test_loss": loss, "dataset": config.data.name}
   logging.info("Evaluation at step %d: %s", step, result)
-  if mesh_lib.is_main_process():
-    io.atomic_write_json(os.path.join(workdir, f"eval_step_{step:07d}.json"), result)
+  io.on_main_process(os.path.join(workdir, f"eval_step_{step:07d}.json"),
+                     lambda p: io.atomic_write_json(p, result))
   return result
 
 
 @MODES.register("sample")
 def sample(config, workdir: str):
   setup = Setup(config)
-  model, step = train_lib.restore_for_inference(config, workdir, setup.model)
-  graphdef, params = nnx.split(model, nnx.Param)
+  model, step = setup.restore(workdir)
   s = config.sample
   gamma = (reports.gamma_for(setup, reports.eps_partial(model, setup.process), step, workdir)
-           if needs_gamma(config) else None)
-  sampler = make_sampler(config, graphdef, setup.process, s.num_steps, setup.mesh, gamma)
+           if samplers.needs_gamma(config) else None)
+  steps = s.nfe if samplers.is_solver(s.sampler) else s.num_steps
+  sampler = make_sampler(config, setup.graphdef, setup.process, steps, setup.mesh, gamma)
   t0 = time.time()
-  images = mesh_lib.to_host(sampler(params, jax.random.key(s.seed), setup.sample_shape))
-  name = f"step_{step:07d}_{s.form}_{s.variance}_{s.trajectory}_K{s.num_steps}"
+  images = mesh_lib.to_host(sampler(nnx.state(model), jax.random.key(s.seed), setup.sample_shape))
+  name = f"step_{step:07d}_{samplers.describe(config)}"
   path = write_samples(workdir, name, images)
-  if mesh_lib.is_main_process():
-    io.atomic_save_npy(os.path.join(workdir, "samples", f"{name}.npy"), images)
-  logging.info("%d samples (K=%d, %s form, %s variance) in %.1fs -> %s", len(images), s.num_steps,
-               s.form, s.variance, time.time() - t0, path)
+  io.on_main_process(os.path.join(workdir, "samples", f"{name}.npy"),
+                     lambda p: io.atomic_save_npy(p, images))
+  logging.info("%d samples (%s) in %.1fs -> %s", len(images), samplers.describe(config),
+               time.time() - t0, path)
   return images
 
 

@@ -24,10 +24,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from common import io, mesh as mesh_lib
+from common import checks, io
 from common.errors import ConfigError, DataError
 from common.registry import Registry
-from dpm import analytic, nll, process as process_lib, reverse
+from dpm import analytic, nll, process as process_lib, reverse, samplers
 
 REPORTS: Registry = Registry("dpm report")
 
@@ -54,10 +54,7 @@ def _subset(data, split: str, num: int, seed: int) -> np.ndarray:
 
 
 def _write(workdir: str, rel: str, write) -> str:
-  path = os.path.join(workdir, rel)
-  if mesh_lib.is_main_process():
-    write(path)
-  return path
+  return io.on_main_process(os.path.join(workdir, rel), write)
 
 
 def _figure_of_grids(path: str, panels: dict[tuple[str, str], np.ndarray], title: str) -> None:
@@ -306,47 +303,11 @@ def analytic_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[s
 # ----------------------------------------------------------------------------------------------
 # DPM-Solver
 
-SOLVER_METHODS: Registry = Registry("solver method")
-SOLVER_METHODS.add("ddim", dict(algorithm_type="dpmsolver", order=1, method="multistep",
-                                skip_type="time_uniform"))
-SOLVER_METHODS.add("dpm_solver_fast", dict(algorithm_type="dpmsolver", order=3,
-                                           method="singlestep", skip_type="logSNR"))
-SOLVER_METHODS.add("dpm_solver++_2m", dict(algorithm_type="dpmsolver++", order=2,
-                                           method="multistep", skip_type="time_uniform"))
-SOLVER_METHODS.add("dpm_solver++_3m", dict(algorithm_type="dpmsolver++", order=3,
-                                           method="multistep", skip_type="time_uniform"))
-
-
-def solver_end_time(process, nfe: int) -> float:
-  """The solver's default end time at `nfe` steps: 1/N for discrete models; for continuous ones the
-  paper's 1e-3 below 15 steps and 1e-4 from 15 on."""
-  from dpm.solver import DPMSolver
-  return DPMSolver(lambda x, t: x, process.noise_schedule).default_times(nfe)[1]
-
-
-def solver_sampler(model: nnx.Module, process, method: str, nfe: int, t_end: float | None = None):
-  """Jitted (state, x_T) -> x_{t_end} for one solver method at `nfe` model evaluations, integrating
-  the model in the time of its process (dpm.process.Process): a continuous-time model on its own VP
-  schedule, a discrete-time one on the interpolated alpha_bar table. t_end: the solver's default."""
-  from dpm.solver import DPMSolver, model_wrapper
-  spec = dict(SOLVER_METHODS.get(method, field="solver.methods"))
-  graphdef, _ = nnx.split(model)
-  ns = process.noise_schedule
-  algorithm = spec.pop("algorithm_type")
-
-  @jax.jit
-  def run(state, x):
-    net = lambda x, t: nnx.merge(graphdef, state)(x, process.solver_input(t))
-    solver = DPMSolver(model_wrapper(net, ns, model_type="noise"), ns, algorithm_type=algorithm)
-    return solver.sample(x, steps=nfe, t_end=t_end, **spec)
-  return run
-
-
 @REPORTS.register("solver")
 def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str, Any]:
   config = setup.config
   cfg = config.solver
-  _, state = nnx.split(model)
+  graphdef, state = nnx.split(model)
   shape = (cfg.num_samples,) + tuple(setup.data.shape)
   x_T = jax.random.normal(jax.random.key(cfg.seed), shape)
   references = {}
@@ -356,8 +317,9 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
     # default end time depends on the NFE).
     if t_end not in references:
       t0 = time.time()
-      references[t_end] = np.asarray(solver_sampler(
-          model, setup.process, cfg.reference_method, cfg.reference_nfe, t_end)(state, x_T))
+      references[t_end] = np.asarray(samplers.solve(
+          samplers.solver_method(cfg.reference_method, "solver.reference_method"), setup.process,
+          graphdef, cfg.reference_nfe, t_end)(state, x_T))
       logging.info("Reference: %s at %d NFE to t_end=%g in %.1fs.", cfg.reference_method,
                    cfg.reference_nfe, t_end, time.time() - t0)
     return references[t_end]
@@ -366,8 +328,9 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   for method in cfg.methods:
     for nfe in cfg.nfes:
       t0 = time.time()
-      t_end = solver_end_time(setup.process, int(nfe))
-      images = np.asarray(solver_sampler(model, setup.process, method, int(nfe), t_end)(state, x_T))
+      t_end = samplers.solver_end_time(setup.process, int(nfe))
+      images = np.asarray(samplers.solve(samplers.solver_method(method), setup.process, graphdef,
+                                         int(nfe), t_end)(state, x_T))
       rmse = float(np.sqrt(np.mean((images - reference_at(t_end)) ** 2)))
       rows.append(dict(method=method, nfe=int(nfe), t_end=t_end, rmse_to_reference=rmse))
       logging.info("%s, NFE %d: RMSE to reference %.4f (%.1fs with compile)", method, nfe, rmse,
@@ -395,9 +358,17 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   return result
 
 
+def names(config) -> list[str]:
+  """config.reports as a list: a tuple, or a comma-separated string from the command line
+  (`--config.reports=analytic,solver`)."""
+  value = config.reports
+  items = [value] if isinstance(value, str) else list(value)
+  return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
+
+
 def validate(config) -> None:
-  """Rejects unknown report names and bad report settings at start."""
-  for name in config.reports:
+  """Rejects unknown report names and bad report settings at start, naming the field."""
+  for name in names(config):
     REPORTS.get(name, field="reports")
   a = config.analytic
   n = config.diffusion.num_steps
@@ -409,21 +380,18 @@ def validate(config) -> None:
   for field in ("analytic.gamma_examples", "analytic.gamma_batch", "analytic.nll_examples",
                 "analytic.nll_batch", "analytic.grid_samples", "solver.num_samples",
                 "solver.reference_nfe"):
-    value = a if field.startswith("analytic") else config.solver
-    if getattr(value, field.split(".")[1]) <= 0:
-      raise ConfigError(f"{field} must be positive")
+    checks.positive(config, field)
   for field in ("analytic.variances", "analytic.dp_variances", "analytic.ddpm_baseline"):
-    values = getattr(a, field.split(".")[1])
+    values = checks.get_field(config, field)
     for v in (values,) if isinstance(values, str) else values:
       analytic.VARIANCES.get(v, field=field)
       if v == "ddim":
         raise ConfigError(f"{field} has 'ddim': the NLL table and the DDPM grids use DDPM-form "
                           "variances (beta, beta_tilde, analytic); DDIM grids are always drawn")
-  if a.gamma_estimate not in ("mc", "isotonic"):
-    raise ConfigError(f"analytic.gamma_estimate={a.gamma_estimate!r} is invalid: expected 'mc' "
-                      "(the paper's Monte Carlo estimate) or 'isotonic'")
+  checks.one_of(config, "analytic.gamma_estimate", ("mc", "isotonic"))
   for kind in a.trajectories:
     if kind != "dp":
       reverse.TRAJECTORIES.get(kind, field="analytic.trajectories")
-  for m in tuple(config.solver.methods) + (config.solver.reference_method,):
-    SOLVER_METHODS.get(m, field="solver.methods")
+  for m in config.solver.methods:
+    samplers.solver_method(m, "solver.methods")
+  samplers.solver_method(config.solver.reference_method, "solver.reference_method")

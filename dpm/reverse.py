@@ -23,7 +23,9 @@ TRAJECTORIES: Registry = Registry("trajectory")
 FIXED_VARIANCES: Registry = Registry("fixed reverse variance")
 
 
-def _strictly_increasing(t: np.ndarray, num_steps: int) -> np.ndarray:
+def strictly_increasing(t: np.ndarray, num_steps: int) -> np.ndarray:
+  """Rounded timesteps [K] made strictly increasing (each at least one above the one before), ending
+  at N = num_steps."""
   t = np.asarray(t, np.int64)
   for i in range(1, len(t)):
     t[i] = max(t[i], t[i - 1] + 1)
@@ -35,14 +37,14 @@ def _strictly_increasing(t: np.ndarray, num_steps: int) -> np.ndarray:
 @TRAJECTORIES.register("even")
 def even_trajectory(k: int, num_steps: int) -> np.ndarray:
   """K timesteps evenly spaced from 1 to N (both included)."""
-  return _strictly_increasing(np.round(np.linspace(1, num_steps, k)), num_steps)
+  return strictly_increasing(np.round(np.linspace(1, num_steps, k)), num_steps)
 
 
 @TRAJECTORIES.register("quad")
 def quad_trajectory(k: int, num_steps: int) -> np.ndarray:
   """K timesteps from 1 to N, quadratically denser near 1 (DDIM's 'quad' spacing)."""
   t = 1 + np.round(np.linspace(0.0, np.sqrt(num_steps - 1), k) ** 2)
-  return _strictly_increasing(t, num_steps)
+  return strictly_increasing(t, num_steps)
 
 
 def make_trajectory(kind: str, k: int, num_steps: int) -> np.ndarray:

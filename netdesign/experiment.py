@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -12,11 +13,12 @@ from scipy.sparse import csgraph, coo_matrix
 
 from common import checks, io
 from common.errors import ConfigError
+from common.registry import Registry
 from netdesign import checker, draw, model, solvers
 from netdesign import spec as spec_lib
 from netdesign import templates
 
-MODES = ("train", "solve", "eval")  # train (main.py's default) and solve both solve the IP
+MODES: Registry = Registry("netdesign mode")
 
 
 def validate(config) -> None:
@@ -150,7 +152,29 @@ def _write(workdir, stem, net, res, config, built) -> dict:
           "travel_model": model.travel_value(built, res.values)}
 
 
+def config_digest(config) -> str:
+  """SHA-256 of the resolved config: a rerun with the same config finds its results."""
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+
+
+def _previous(config, workdir) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return summary if summary.get("config_digest") == config_digest(config) else None
+
+
+@MODES.register("solve")
 def solve(config, workdir) -> dict:
+  previous = _previous(config, workdir)
+  if previous is not None:
+    logging.info("Already solved: %s holds this config's result; delete it to solve again.",
+                 os.path.join(workdir, "results.json"))
+    _report(previous)
+    return previous
   inst = spec_lib.from_config(config)
   built = model.build(inst)
   logging.info("IP: %d variables, %d rows, %d indicator rows", built.lm.num_vars,
@@ -163,7 +187,8 @@ def solve(config, workdir) -> dict:
              "ip": {"variables": built.lm.num_vars, "rows": len(built.lm.rows),
                     "indicators": len(built.lm.indicators)},
              "template": {"kind": inst.template.kind, "vertices": inst.template.num_vertices,
-                          "edges": len(inst.template.edges)}}
+                          "edges": len(inst.template.edges)},
+             "config_digest": config_digest(config)}
   if main["status"] == "infeasible":
     summary["reason"] = diagnose_infeasible(inst)
     print(f"netdesign: specification is INFEASIBLE: {summary['reason']}", file=sys.stderr)
@@ -185,7 +210,8 @@ def _report(summary: dict) -> None:
         f"alternatives={len(summary['alternatives'])}")
 
 
-def evaluate(workdir) -> dict:
+@MODES.register("eval")
+def evaluate(config, workdir) -> dict:
   """Re-checks an existing workdir/network.json with the independent validator."""
   path = os.path.join(workdir, "network.json")
   if not os.path.exists(path):
@@ -199,10 +225,10 @@ def evaluate(workdir) -> dict:
   return out
 
 
+MODES.add("train", solve)  # main.py's default mode
+
+
 def run(config, workdir: str, mode: str = "solve") -> dict:
-  if mode not in MODES:
-    raise ConfigError(f"mode={mode!r} is invalid for netdesign: expected one of {list(MODES)}")
+  mode_fn = MODES.get(mode, field="--mode")
   os.makedirs(workdir, exist_ok=True)
-  if mode == "eval":
-    return evaluate(workdir)
-  return solve(config, workdir)
+  return mode_fn(config, workdir)

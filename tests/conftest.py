@@ -19,5 +19,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from tests import helpers  # noqa: E402  (after sys.path is set)
 
-if helpers.FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # before JAX reads it
+# Before JAX reads it: fast compilation, and the CPU split into main.py's default device count, so
+# that in-process runs (the config smoke tests, the loop's tests) shard as a user's runs do.
+if helpers.FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + helpers.FAST_COMPILE).strip()
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  from common import mesh  # noqa: E402  (imports jax; its backends start later)
+  os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={mesh.default_cpu_devices()}"

@@ -28,24 +28,28 @@ TINY_DPM = [
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int) -> str:
-  """XLA_FLAGS of a test subprocess: `devices` simulated CPU devices, fast compilation."""
+def xla_flags(devices: int | None) -> str:
+  """XLA_FLAGS of a test subprocess: fast compilation, and `devices` simulated CPU devices (None:
+  main.py's own default split, as a user's command gets)."""
+  if devices is None:
+    return FAST_COMPILE
   return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
 
 
-def env(devices: int = 1) -> dict[str, str]:
+def env(devices: int | None = 1) -> dict[str, str]:
   e = dict(os.environ)
   e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
   e["JAX_COMPILATION_CACHE_DIR"] = CACHE
   e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   e["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   e["JAX_PLATFORMS"] = "cpu"
-  # Explicit, also for 1: main.py would otherwise split the CPU (common.mesh.default_cpu_devices).
-  e["XLA_FLAGS"] = xla_flags(devices)
+  e["XLA_FLAGS"] = xla_flags(devices)  # replaces the test process's own device count
   return e
 
 
-def run_main(*args: str, timeout: float = 600, devices: int = 1) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: float = 600, devices: int | None = None
+             ) -> subprocess.CompletedProcess:
+  """main.py as a user runs it: by default with its own CPU device split."""
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
                         env=env(devices), capture_output=True, text=True, timeout=timeout)
 

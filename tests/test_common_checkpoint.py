@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.checkpoint import COMMIT_MARKER, Checkpointer
+from common.checkpoint import Checkpointer
 from common.errors import CheckpointError
 
 
@@ -30,12 +30,17 @@ def test_round_trip_and_latest(tmp_path):
   np.testing.assert_array_equal(ckpt.restore(1, _state(0.0))["b"], _state(1.0)["b"])
 
 
-def test_partial_checkpoint_is_reported(tmp_path):
+def test_an_unfinished_save_is_never_taken_for_a_checkpoint(tmp_path):
   ckpt = _saved(tmp_path)
-  os.remove(os.path.join(ckpt.step_dir(2), COMMIT_MARKER))
-  with pytest.raises(CheckpointError, match=r"checkpoints/2 is partial"):
+  # What a kill during a save leaves: orbax writes into a temporary directory and renames it when
+  # the save is complete.
+  os.rename(ckpt.step_dir(2), ckpt.step_dir(2) + ".orbax-checkpoint-tmp-1796193224")
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.latest_step() == 1 and ckpt.last_good_step() == 1
+  assert [os.path.basename(p) for p in ckpt.unfinished()] == ["2.orbax-checkpoint-tmp-1796193224"]
+  np.testing.assert_array_equal(ckpt.restore(1, _state(0.0))["b"], _state(1.0)["b"])
+  with pytest.raises(CheckpointError, match=r"no checkpoint .*checkpoints/2"):
     ckpt.restore(2, _state(0.0))
-  assert ckpt.last_good_step() == 1
 
 
 def _data_files(step_dir):
@@ -71,3 +76,21 @@ def test_shape_mismatch_is_reported(tmp_path):
   ckpt = _saved(tmp_path)
   with pytest.raises(CheckpointError, match="corrupt or incompatible"):
     ckpt.restore(2, {"w": jnp.zeros((8, 8)), "b": jnp.zeros(7)})
+
+
+def test_raw_restore_verifies_without_the_state_types(tmp_path):
+  from flax import struct
+
+  @struct.dataclass
+  class State:
+    step: jnp.ndarray
+    params: dict
+
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  state = State(jnp.int32(3), {"b": jnp.ones(2), "a": {"k": jnp.arange(3.0)}})
+  ckpt.save(3, state)
+  raw = ckpt.restore_raw(3)
+  assert set(raw) == {"step", "params"}
+  np.testing.assert_array_equal(raw["params"]["a"]["k"], np.arange(3.0))
+  typed = ckpt.restore(3, state)
+  assert isinstance(typed, State) and int(typed.step) == 3

@@ -1,8 +1,8 @@
 """Every experiment config: it loads, and its `:smoke` variant runs end to end through main.launch.
 
-The smoke runs share this test process (its one CPU device, its compiled programs) instead of a
-main.py subprocess each; the command line itself is tested once per family (test_dpm_main.py,
-test_netdesign_configs.py)."""
+The smoke runs share this test process (its compiled programs, and main.py's default split of the
+CPU into devices, set in conftest.py) instead of a main.py subprocess each; the command line itself
+is tested once per family (test_dpm_main.py, test_netdesign_configs.py)."""
 
 import glob
 import importlib
@@ -39,12 +39,20 @@ def test_config_documents_itself_and_validates(path):
     family.validate(config)
 
 
-# netdesign's smoke runs, with checks of their network.json, are in test_netdesign_configs.py.
+# netdesign's smoke runs, with checks of their network.json and rerun, are in
+# test_netdesign_configs.py.
+RERUN = ("Already trained", "Restored checkpoint", "already done", "Already solved")
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if not p.startswith("configs/netdesign")])
-def test_smoke_variant_runs(path, tmp_path):
+def test_smoke_variant_runs_and_a_rerun_resumes(path, tmp_path, caplog):
   config = _module(path).get_config("smoke")
   main.launch(config, str(tmp_path), "train")
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["family"] == config.family
   outputs = set(os.listdir(tmp_path)) - {"config.json"}
   assert outputs, f"{path}:smoke wrote nothing but its config"
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    main.launch(config, str(tmp_path), "train")  # the same command again
+  assert any(word in caplog.text for word in RERUN), f"{path}: a rerun says nothing of resuming"

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from common.checkpoint import COMMIT_MARKER, Checkpointer
+from common.checkpoint import Checkpointer
 from tests import helpers
 
 CONFIG = "--config=configs/dpm/ddpm_mnist.py:smoke"
@@ -39,11 +39,12 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   assert result.returncode == 0, helpers.describe(result)
 
   proc = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "main.py"), *RESUME_ARGS,
-                           f"--workdir={killed}"], cwd=helpers.ROOT, env=helpers.env(),
+                           f"--workdir={killed}"], cwd=helpers.ROOT, env=helpers.env(None),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  marker = os.path.join(killed, "checkpoints", "20", COMMIT_MARKER)
+  ckpt = Checkpointer(os.path.join(killed, "checkpoints"))
   deadline = time.time() + 400
-  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+  while not (os.path.isdir(ckpt.step_dir(20)) and ckpt.is_finalized(20)) and proc.poll() is None \
+      and time.time() < deadline:
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -52,21 +53,30 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 
   result = helpers.run_main(*RESUME_ARGS, f"--workdir={killed}")  # the same command again
   assert result.returncode == 0, helpers.describe(result)
-  assert "Restored checkpoint" in result.stderr
+  assert "Restored checkpoint" in result.stderr and "4 device(s)" in result.stderr
   step_a, params_a = _final_params(full)
   step_b, params_b = _final_params(killed)
   assert step_a == step_b == 60
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
-  # eval and sample modes reuse the latest checkpoint of the workdir.
-  result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=sample")
-  assert result.returncode == 0, helpers.describe(result)
-  samples = [f for f in os.listdir(os.path.join(killed, "samples")) if f.endswith(".npy")]
-  assert len(samples) == 1 and np.isfinite(np.load(os.path.join(killed, "samples", samples[0]))).all()
+  # The other modes reuse the latest checkpoint of the workdir, on main.py's default devices.
+  for sampler in ("ddpm", "dpm_solver++_2m"):
+    result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=sample",
+                              f"--config.sample.sampler={sampler}", "--config.sample.nfe=4")
+    assert result.returncode == 0, helpers.describe(result)
+  samples = sorted(f for f in os.listdir(os.path.join(killed, "samples")) if f.endswith(".npy"))
+  assert samples == ["step_0000060_ddpm_beta_even_K3.npy", "step_0000060_dpm_solver++_2m_nfe4.npy"]
+  for name in samples:
+    assert np.isfinite(np.load(os.path.join(killed, "samples", name))).all()
   result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=eval")
   assert result.returncode == 0, helpers.describe(result)
   assert os.path.exists(os.path.join(killed, "eval_step_0000060.json"))
+  result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=report",
+                            "--config.reports=analytic,solver")
+  assert result.returncode == 0, helpers.describe(result)
+  assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000060.json"))
+  assert os.path.exists(os.path.join(killed, "solver", "error_step_0000060.json"))
 
 
 @pytest.mark.parametrize("override,message", [

@@ -12,7 +12,7 @@ from flax import nnx
 
 from common.errors import ConfigError
 from configs.dpm import base
-from dpm import experiment, process, reports, schedules
+from dpm import experiment, process, reports, samplers, schedules
 
 S = 0.5  # data std: x_0 ~ N(0, S^2 I)
 
@@ -86,12 +86,12 @@ def test_solver_report_sampler_solves_the_exact_ode(kind, schedule, n):
   # v_t = a_t^2 S^2 + sigma_t^2. The report's sampler (schedule, time input) must reproduce it.
   p = process.Process(time=kind, schedule=schedule, num_steps=n)
   model = _ExactGaussianEps(p)
-  _, state = nnx.split(model)
+  graphdef, state = nnx.split(model)
   x_T = jax.random.normal(jax.random.key(2), (64, 3))
   # DPM-Solver-fast (third order, logSNR steps) at 60 NFE: 2e-4 from the truth on the continuous
   # linear schedule (1.2% at 20, 0.09% at 40); the time-uniform multistep methods converge slower
   # here, with long steps in lambda near t = 0.
-  out = reports.solver_sampler(model, p, "dpm_solver_fast", 60)(state, x_T)
+  out = samplers.solve(samplers.solver_method("dpm_solver_fast"), p, graphdef, 60)(state, x_T)
   ns = p.noise_schedule
   t_end = 1.0 / ns.total_N if kind == "discrete" else 1e-4  # the solver's default end time
   v = lambda t: float(ns.marginal_alpha(jnp.float32(t))) ** 2 * S ** 2 + float(

@@ -31,7 +31,7 @@ def test_every_scenario_is_present():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
-def test_smoke_run(path, tmp_path):
+def test_smoke_run(path, tmp_path, caplog):
   config = _module(path).get_config("smoke")
   config.solver.threads = 2  # the suite runs on 2 cores
   family = main.load_family(config)
@@ -55,7 +55,12 @@ def test_smoke_run(path, tmp_path):
     for b in range(a):
       assert len(selections[a] ^ selections[b]) >= config.alternatives.min_hamming
   with open(tmp_path / "results.json") as f:
-    assert json.load(f)["valid"]
+    first = json.load(f)
+  assert first["valid"]
+  # The same command again finds its result instead of solving again.
+  with caplog.at_level("INFO"):
+    again = family.run(config, str(tmp_path), "train")
+  assert "Already solved" in caplog.text and again == first
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))

@@ -33,15 +33,21 @@ def get_config() -> ConfigDict:
                             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
   c.train = ConfigDict(dict(num_steps=800_000, log_every=100, ckpt_every=10_000,
                             eval_every=50_000, ema_decay=0.9999, keep_checkpoints=3,
-                            tensorboard=True))
+                            tensorboard=True,
+                            trainable="",      # '' trains every parameter; 'head' only paths with it
+                            init_from="",      # warm start: another run's workdir (common/train.py)
+                            init_step=0,       # its checkpoint (0: the newest)
+                            init_source="ema_params",
+                            init_target="state.params,state.ema_params"))
   c.sample = ConfigDict(dict(
+      sampler="ddpm",      # dpm/samplers.py: ddpm | ddim (reverse process) | dpm_solver++_2m, ...
       num_samples=64,
-      num_steps=1000,      # K for --mode=sample
-      eval_steps=100,      # K for the sample grid written at each evaluation during training
-      trajectory="even",   # even | quad
-      form="ddpm",         # ddpm | ddim
-      variance="beta",     # beta | beta_tilde (DDPM form), ddim (DDIM form)
-      eta=0.0,
+      num_steps=1000,      # ddpm/ddim: K for --mode=sample
+      nfe=20,              # DPM-Solver methods: model evaluations for --mode=sample
+      eval_steps=100,      # K (or NFE) of the sample grid written at each evaluation in training
+      trajectory="even",   # ddpm/ddim: even | quad | dp
+      variance="beta",     # ddpm: beta | beta_tilde | analytic; ddim: ddim | analytic
+      eta=0.0,             # ddim
       clip_denoised=True,
       seed=1,
   ))
@@ -66,7 +72,7 @@ def get_config() -> ConfigDict:
       ddpm_baseline="beta_tilde",
   ))
   c.solver = ConfigDict(dict(
-      methods=("ddim", "dpm_solver_fast", "dpm_solver++_2m", "dpm_solver++_3m"),
+      methods=("dpm_solver_1", "dpm_solver_fast", "dpm_solver++_2m", "dpm_solver++_3m"),
       nfes=(10, 15, 20),
       num_samples=64,
       seed=2,
@@ -88,5 +94,5 @@ def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
   c.eval.update(num_examples=64, batch_size=32)
   c.analytic.update(gamma_examples=16, gamma_batch=16, ks=(2, 5), nll_examples=16, nll_batch=16,
                     grid_ks=(3,), grid_samples=4)
-  c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("ddim", "dpm_solver++_2m"))
+  c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("dpm_solver_1", "dpm_solver++_2m"))
   return c
