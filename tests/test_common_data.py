@@ -77,3 +77,23 @@ def test_tfds_path_reads_prepared_data():
     b = next(ds.train_batches(8, seed=0))
     assert b.shape == (8, 32, 32, 3) and b.dtype == np.float32
     assert -1.0 <= b.min() and b.max() <= 1.0
+    labeled = next(ds.labeled_batches(8, seed=0))
+    assert labeled["label"].shape == (8,) and labeled["label"].dtype == np.int32
+    assert 0 <= labeled["label"].min() and labeled["label"].max() < ds.num_classes == 10
+
+
+def test_labels_belong_to_their_images():
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  ds = _ds("digits")
+  batch = next(ds.labeled_batches(16, seed=3, start_step=5))
+  np.testing.assert_array_equal(batch["image"], next(ds.train_batches(16, seed=3, start_step=5)))
+  for image, label in zip(batch["image"], batch["label"]):  # find each image among the originals
+    raw = np.rint((image[..., 0] + 1) / 2 * 16)
+    matches = np.flatnonzero(np.all(d.images == raw, axis=(1, 2)))
+    assert len(matches) and np.all(d.target[matches] == label)
+  test = list(ds.labeled_eval_batches("test", 64))
+  assert sum(len(b["label"]) for b in test) == 200
+  assert np.bincount(np.concatenate([b["label"] for b in test])).tolist() == [20] * 10
+  with pytest.raises(DataError, match="has no class labels"):
+    next(_ds("two_moons").labeled_batches(8, seed=0))
