@@ -99,7 +99,7 @@ def supervised(model: nnx.Module, loss_fn: LossFn, tx: optax.GradientTransformat
     (loss, (metrics, new_extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updated = optim.ParamSet(state.params, state.opt_state).apply(grads, tx)
     ema = optim.ema_update(state.ema_params, updated.params, state.step, ema_decay)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     if lr_fn is not None:
       metrics["lr"] = lr_fn(state.step)
     return TrainState(state.step + 1, updated.params, updated.opt_state, ema, new_extra), metrics

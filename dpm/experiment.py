@@ -15,7 +15,7 @@ from common import checks, data as data_lib, io, mesh as mesh_lib, optim, train 
 from common.errors import ConfigError
 from common.registry import Registry
 from common.supervised import supervised, trainable_from_config
-from dpm import process as process_lib, reports, samplers
+from dpm import process as process_lib, quality, reports, samplers
 from dpm.unet import UNet, count_params
 
 MODES: Registry = Registry("dpm mode")
@@ -30,6 +30,8 @@ def validate(config) -> None:
   process_lib.validate(config)
   samplers.validate(config)
   reports.validate(config)
+  quality.validate(config)
+  eval_samplers(config)
   for field in ("sample.num_samples", "sample.num_steps", "sample.eval_steps", "model.ch",
                 "model.num_res_blocks"):
     checks.positive(config, field)
@@ -202,14 +204,69 @@ def report(config, workdir: str):
   return run_reports(config, workdir)
 
 
+def eval_samplers(config) -> list[tuple[str, int]]:
+  """(sampler, K or NFE) pairs of eval.samplers ('ddpm:100', 'dpm_solver++_2m:10'; a bare name
+  takes sample.num_steps or sample.nfe); by default the configured sample.sampler."""
+  specs = list(config.eval.samplers) or [config.sample.sampler]
+  out = []
+  for spec in specs:
+    name, _, steps = str(spec).partition(":")
+    samplers.SAMPLERS.get(name, field="eval.samplers")
+    default = config.sample.nfe if samplers.is_solver(name) else config.sample.num_steps
+    try:
+      out.append((name, int(steps) if steps else int(default)))
+    except ValueError:
+      raise ConfigError(f"eval.samplers has {spec!r}: expected 'name' or 'name:steps'") from None
+  return out
+
+
+def with_sampler(config, name: str):
+  """A copy of config whose sample.sampler is `name`."""
+  from ml_collections import ConfigDict
+  c = ConfigDict(config.to_dict())
+  c.sample.sampler = name
+  return c
+
+
+def generate(setup: Setup, config, model: nnx.Module, step: int, workdir: str, steps: int,
+             num_samples: int, seed: int):
+  """Batches of sample.num_samples samples (numpy, [-1, 1]) of config's sampler, `num_samples` in
+  all, each batch from its own key."""
+  gamma = (reports.gamma_for(setup, reports.eps_partial(model, setup.process), step, workdir)
+           if samplers.needs_gamma(config) else None)
+  sampler = make_sampler(config, setup.graphdef, setup.process, steps, setup.mesh, gamma)
+  weights = nnx.state(model)
+  for i in range(-(-num_samples // config.sample.num_samples)):
+    images = mesh_lib.to_host(sampler(weights, jax.random.fold_in(jax.random.key(seed), i),
+                                      setup.sample_shape))
+    yield images[:num_samples - i * config.sample.num_samples]
+
+
 @MODES.register("eval")
 def evaluate(config, workdir: str):
+  """Test loss, and the sample quality (dpm/quality.py) of each of eval.samplers, written to
+  workdir/results.json (schema in dpm/quality.py)."""
   setup = Setup(config)
   model, step = setup.restore(workdir)
   loss = test_loss(setup, nnx.state(model), jax.random.split(setup.rng, 3)[2])
-  result = {"step": step, "test_loss": loss, "dataset": config.data.name}
-  logging.info("Evaluation at step %d: %s", step, result)
+  logging.info("Evaluation at step %d: test loss (EMA) %.5f", step, loss)
+  result = {"model_step": step, "test_loss": loss, "dataset": config.data.name, "records": []}
   io.on_main_process(os.path.join(workdir, f"eval_step_{step:07d}.json"),
+                     lambda p: io.atomic_write_json(p, {k: result[k] for k in (
+                         "model_step", "test_loss", "dataset")}))
+  scorer = quality.Scorer(config, workdir, setup.data) if config.eval.num_samples else None
+  for name, steps in eval_samplers(config):
+    t0 = time.time()
+    c = with_sampler(config, name)
+    r = scorer(generate(setup, c, model, step, workdir, steps, config.eval.num_samples,
+                        config.eval.seed))
+    record = {"metric": scorer.name, **r, "sampler": name, "steps": steps, "model_step": step,
+              "config": {"sample": c.sample.to_dict(), "eval": config.eval.to_dict()}}
+    result["records"].append(record)
+    logging.info("%s of %d samples of %s at %d steps: %.4f (floor %s) %s  (%.1fs)", scorer.name,
+                 r["num_samples"], name, steps, r["value"], r["floor"], r["extra"],
+                 time.time() - t0)
+  io.on_main_process(os.path.join(workdir, "results.json"),
                      lambda p: io.atomic_write_json(p, result))
   return result
 

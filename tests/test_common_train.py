@@ -154,8 +154,8 @@ def _two_optimiser_program():
     value, (gw, gb) = jax.value_and_grad(loss, argnums=(0, 1))(state["w"].params, state["b"].params)
     new = {"w": state["w"].apply(gw, tx_w), "b": state["b"].apply(gb, tx_b),
            "count": state["count"] + 1}
-    return new, {"loss": value, "grad_norm/w": optax.global_norm(gw),
-                 "grad_norm/b": optax.global_norm(gb)}
+    return new, {"loss": value, "grad_norm/w": optax.tree.norm(gw),
+                 "grad_norm/b": optax.tree.norm(gb)}
 
   return train_lib.Program(init=init, step=step)
 

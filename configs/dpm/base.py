@@ -51,7 +51,17 @@ def get_config() -> ConfigDict:
       clip_denoised=True,
       seed=1,
   ))
-  c.eval = ConfigDict(dict(num_examples=10_000, batch_size=500))
+  c.eval = ConfigDict(dict(
+      num_examples=10_000,  # test examples for the test loss
+      batch_size=500,
+      metric="auto",        # sample quality (dpm/quality.py): fd (offline classifier) | fid | auto
+      num_samples=1000,     # samples scored per sampler by --mode=eval (papers: 50,000 for FID)
+      samplers=(),          # 'name' or 'name:steps' (K or NFE); () = sample.sampler
+      seed=3,
+      inception_weights="",  # fid: the converted FID Inception weights (docs/EVALUATION.md)
+      fid_stats="",          # fid: reference statistics (.npz, mu/sigma); '' = the train split's
+      classifier_dir="",     # fd: where the classifier lives ('' = ~/.cache/jax-papers/classifiers)
+  ))
   # Reports run after training and with --mode=report (dpm/reports.py): 'analytic', 'solver'.
   c.reports = ()
   c.analytic = ConfigDict(dict(
@@ -91,7 +101,7 @@ def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
   c.optim.warmup_steps = 2
   c.train.update(num_steps=6, log_every=2, ckpt_every=3, eval_every=6)
   c.sample.update(num_samples=16, num_steps=10, eval_steps=5)
-  c.eval.update(num_examples=64, batch_size=32)
+  c.eval.update(num_examples=64, batch_size=32, num_samples=32)
   c.analytic.update(gamma_examples=16, gamma_batch=16, ks=(2, 5), nll_examples=16, nll_batch=16,
                     grid_ks=(3,), grid_samples=4)
   c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("dpm_solver_1", "dpm_solver++_2m"))
