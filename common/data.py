@@ -66,6 +66,14 @@ class TFDSLabels:
                       np.int32)
 
 
+def _process_slice(batch_size: int) -> tuple[int, int, int]:
+  """(process count, this process's index, its share of a global batch of `batch_size`)."""
+  procs = jax.process_count()
+  if batch_size % procs:
+    raise ConfigError(f"data.batch_size={batch_size} must be divisible by the {procs} processes")
+  return procs, jax.process_index(), batch_size // procs
+
+
 @dataclasses.dataclass
 class Dataset:
   """A dataset with a train and a test split.
@@ -110,10 +118,7 @@ class Dataset:
     slice of each global batch (the same examples train_batches gives for the same seed)."""
     if self.train_labels is None or self.sampler is not None:
       raise DataError(f"dataset {self.name!r} has no class labels")
-    procs, pid = jax.process_count(), jax.process_index()
-    if batch_size % procs:
-      raise ConfigError(f"data.batch_size={batch_size} must be divisible by the {procs} processes")
-    local = batch_size // procs
+    procs, pid, local = _process_slice(batch_size)
     step = start_step
     while True:
       idx = self._train_indices(step, batch_size, seed)[pid * local:(pid + 1) * local]
@@ -160,10 +165,7 @@ class Dataset:
       seed: data seed; the same seed and step give the same batch.
       start_step: first step, so a resumed run continues the same stream.
     """
-    procs, pid = jax.process_count(), jax.process_index()
-    if batch_size % procs:
-      raise ConfigError(f"data.batch_size={batch_size} must be divisible by the {procs} processes")
-    local = batch_size // procs
+    procs, pid, local = _process_slice(batch_size)
     step = start_step
     while True:
       if self.sampler is not None or procs == 1:
