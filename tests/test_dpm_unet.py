@@ -43,8 +43,8 @@ def test_dropout_only_in_training():
                attn_resolutions=(4,), dropout=0.5, num_groups=4, rngs=nnx.Rngs(0))
   for block in model.down:  # make the residual branch and the output matter (both zero-init)
     if hasattr(block, "res"):
-      block.res.conv2.kernel.value = jnp.ones_like(block.res.conv2.kernel.value)
-  model.conv_out.kernel.value = jnp.ones_like(model.conv_out.kernel.value)
+      block.res.conv2.kernel[...] = jnp.ones_like(block.res.conv2.kernel[...])
+  model.conv_out.kernel[...] = jnp.ones_like(model.conv_out.kernel[...])
   x, t = jnp.ones((2, 8, 8, 1)), jnp.zeros(2)
   forward = nnx.jit(lambda m, x, t, key, train: m(x, t, train=train, rngs=key), static_argnums=4)
   np.testing.assert_array_equal(forward(model, x, t, jax.random.key(1), False),
