@@ -5,9 +5,10 @@ linear schedule (N = 1000) and the same grid: diffusers' 'linspace' timesteps n_
 its final step to n = 0, i.e. continuous times t = (n + 1) / N ending at t = 1/N (it never steps to
 sigma = 0 in the Flax version). diffusers runs in float32 only.
 
-Third order is not compared: diffusers (like the public DPM-Solver code) uses D2 = (D1_0 - D1_1) /
-(r0 + r1), half the second difference its phi_3 coefficient needs, so its 3M is a different (second
-order) scheme; tests/test_dpm_solver_accuracy.py checks our 3M against quadrature instead.
+Third order: diffusers (like the public DPM-Solver code) uses D2 = (D1_0 - D1_1) / (r0 + r1), half
+the second difference its phi_3 coefficient needs; our default third order (`third_order="exact"`)
+is therefore a different scheme, checked against quadrature in tests/test_dpm_solver_accuracy.py,
+and `third_order="published"` with diffusers' lower-order-final rule must reproduce diffusers' 3M.
 """
 
 import jax
@@ -60,10 +61,33 @@ def test_multistep_matches_diffusers(setup, steps, order, algorithm):
   ns = NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
   solver = DPMSolver(model_wrapper(model, ns), ns, algorithm_type=algorithm)
   grid = (np.concatenate([timesteps, [0]]) + 1.0) / N
-  ours = np.asarray(solver.sample(x_T, order=order, method="multistep", timesteps=grid))
+  ours = np.asarray(solver.sample(x_T, order=order, method="multistep", timesteps=grid,
+                                  lower_order_final="diffusers"))
   assert np.all(np.isfinite(ours))
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   # The comparison has teeth: first order on the same grid differs by far more than the tolerance.
   if steps == 10:
-    coarse = np.asarray(solver.sample(x_T, order=1, method="multistep", timesteps=grid))
+    coarse = np.asarray(solver.sample(x_T, order=1, method="multistep", timesteps=grid,
+                                      lower_order_final="diffusers"))
     assert np.max(np.abs(coarse - theirs)) > 1e-2
+
+
+@pytest.mark.parametrize("steps,algorithm", [(10, "dpmsolver++"), (20, "dpmsolver++"),
+                                             (12, "dpmsolver")])
+def test_published_third_order_matches_diffusers(setup, steps, algorithm):
+  sched_cls, alphas_cumprod, model, x_T = setup
+  theirs, timesteps = _diffusers_sample(sched_cls, model, x_T, steps, 3, algorithm)
+  ns = NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
+  solver = DPMSolver(model_wrapper(model, ns), ns, algorithm_type=algorithm)
+  grid = (np.concatenate([timesteps, [0]]) + 1.0) / N
+  sample = lambda form: np.asarray(solver.sample(
+      x_T, order=3, method="multistep", timesteps=grid, third_order=form,
+      lower_order_final="diffusers"))
+  published = sample("published")
+  assert np.all(np.isfinite(published))
+  np.testing.assert_allclose(published, theirs, atol=1e-4, rtol=0)
+  # The exact form is a different scheme: it fails the same check, and by more than the published
+  # form's own mismatch (float32 rounding) many times over.
+  exact_gap = np.max(np.abs(sample("exact") - theirs))
+  assert exact_gap > 1e-4
+  assert exact_gap > 5 * np.max(np.abs(published - theirs))

@@ -117,7 +117,7 @@ class DPMSolver:
     m_2 = self.model_fn(up.third_order_middle(algo, x, s, s2, m_s, m_1, r1, r2), s2.t)
     return up.third_order_final(algo, x, s, t, m_s, m_2, r2)
 
-  def multistep_update(self, x, points: up.Point, i, hist, order: int):
+  def multistep_update(self, x, points: up.Point, i, hist, order: int, third_order: str = "exact"):
     """Step from grid point i to i + 1 with the model values hist[j] at grid points i - j."""
     algo = self.algorithm_type
     p = lambda j: _take(points, jnp.maximum(j, 0))
@@ -126,17 +126,23 @@ class DPMSolver:
     if order == 2:
       return up.multistep_second(algo, x, p(i), p(i - 1), p(i + 1), hist[0], hist[1])
     return up.multistep_third(algo, x, p(i), p(i - 1), p(i - 2), p(i + 1), hist[0], hist[1],
-                              hist[2])
+                              hist[2], form=third_order)
+
+  def _options(self, order: int, skip_type: str | None, lower_order_final, third_order):
+    """Fills in the multistep defaults measured for this algorithm, order and step spacing."""
+    default_form, default_rule = plan.multistep_defaults(self.algorithm_type, order, skip_type)
+    return (default_rule if lower_order_final is None else lower_order_final,
+            default_form if third_order is None else third_order)
 
   def _correct_xt(self, x, t, step):
     return x if self.correcting_xt_fn is None else self.correcting_xt_fn(x, t, step)
 
   # ---- sampling loops ----------------------------------------------------------------------------
 
-  def _multistep(self, x, n, grid, order, n_max, lower_order_final):
+  def _multistep(self, x, n, grid, order, n_max, lower_order_final, third_order):
     points = up.make_point(self.noise_schedule, grid)
     orders = plan.multistep_orders(order, n, n_max, lower_order_final)
-    branches = [lambda x, i, hist, o=o: self.multistep_update(x, points, i, hist, o)
+    branches = [lambda x, i, hist, o=o: self.multistep_update(x, points, i, hist, o, third_order)
                 for o in range(1, order + 1)]
 
     def body(i, carry):
@@ -214,16 +220,21 @@ class DPMSolver:
   # ---- public entry points -----------------------------------------------------------------------
 
   def sampling_fn(self, *, max_steps: int, order: int = 2, skip_type: str = "time_uniform",
-                  method: str = "multistep", lower_order_final: bool = True,
-                  denoise_to_zero: bool = False):
+                  method: str = "multistep", lower_order_final: bool | str | None = None,
+                  denoise_to_zero: bool = False, third_order: str | None = None,
+                  explicit_grid: bool = False):
     """A pure, jittable f(x, steps, t_start, t_end, atol, rtol, grid=None) -> (x_end, nfe).
 
     `steps` may be a traced integer in [1, max_steps], so one compiled program serves every step
     count (the tests sweep 5..50 this way); `sample` fixes steps = max_steps. `grid` (multistep
     only): explicit decreasing times [max_steps + 1] replacing the skip_type grid. Call it inside your
     own jax.jit to pass model parameters as arguments instead of compile-time constants.
+    `lower_order_final` and `third_order` as in `sample` (None: `plan.multistep_defaults` for
+    this algorithm, order and skip_type, or for an explicit grid when explicit_grid).
     """
-    _validate_static(order, skip_type, method)
+    lower_order_final, third_order = self._options(order, None if explicit_grid else skip_type,
+                                                   lower_order_final, third_order)
+    _validate_static(order, skip_type, method, lower_order_final, third_order)
 
     def run(x, steps, t_start, t_end, atol, rtol, grid=None):
       dtype = x.dtype
@@ -234,7 +245,8 @@ class DPMSolver:
       elif method == "multistep":
         if grid is None:
           grid = plan.time_grid(self.noise_schedule, skip_type, t_start, t_end, steps, max_steps)
-        x, nfe = self._multistep(x, steps, grid, order, max_steps, lower_order_final)
+        x, nfe = self._multistep(x, steps, grid, order, max_steps, lower_order_final,
+                                 third_order)
       else:
         x, nfe = self._singlestep(x, steps, t_start, t_end, order, max_steps, skip_type,
                                   fixed=method == "singlestep_fixed")
@@ -262,8 +274,9 @@ class DPMSolver:
 
   def sample(self, x: jax.Array, steps: int = 20, t_start=None, t_end=None, order: int = 2,
              skip_type: str = "time_uniform", method: str = "multistep",
-             lower_order_final: bool = True, denoise_to_zero: bool = False, atol: float = 0.0078,
-             rtol: float = 0.05, *, timesteps=None, return_nfe: bool = False):
+             lower_order_final: bool | str | None = None, denoise_to_zero: bool = False,
+             atol: float = 0.0078, rtol: float = 0.05, *, timesteps=None, return_nfe: bool = False,
+             third_order: str | None = None):
     """Solves the diffusion ODE from t_start (noise x [B, ...]) to t_end; returns x_end [B, ...].
 
     Args:
@@ -275,54 +288,68 @@ class DPMSolver:
       skip_type: time steps uniform in "logSNR", "time_uniform" or "time_quadratic".
       method: "singlestep" (DPM-Solver-fast's order mix, exactly `steps` evaluations),
         "singlestep_fixed", "multistep" or "adaptive".
-      lower_order_final: multistep only: orders 2, 1 in the last steps when steps < 15.
+      lower_order_final: multistep only: when the last steps drop to orders 2, 1: "published"
+        (below 10 steps, the public code), "diffusers" (below 15), "always", "never" (= False),
+        "auto" (= True: third order always, second order below 15; plan.LOWER_ORDER_FINAL).
+        None: the measured default of `plan.multistep_defaults` (dpm/SOLVER.md).
       denoise_to_zero: finish with x0 = data prediction at t_end (one more evaluation).
       atol, rtol: adaptive only: tolerances of the step-size control.
       timesteps: multistep only: explicit decreasing times t_start = t_0 > ... > t_n = t_end in
         (0, T], e.g. another library's grid; replaces steps, skip_type, t_start and t_end.
       return_nfe: also return the number of model evaluations (an int32 array).
+      third_order: multistep order 3 only: "exact" (D2 = h^2 m'', third order in the limit) or
+        "published" (half that D2, as the public code and diffusers; updates.multistep_third).
+        None: the measured default of `plan.multistep_defaults`.
 
     Returns:
       x_end, or (x_end, nfe) with return_nfe.
     """
-    _validate_static(order, skip_type, method)
+    lower_order_final, third_order = self._options(
+        order, None if timesteps is not None else skip_type, lower_order_final, third_order)
+    _validate_static(order, skip_type, method, lower_order_final, third_order)
     if timesteps is not None:
       return self._sample_on_grid(x, timesteps, order, method, lower_order_final, denoise_to_zero,
-                                  return_nfe)
+                                  return_nfe, third_order)
     if method != "adaptive" and steps < (order if method == "singlestep_fixed" else 1):
       raise ValueError(f"steps={steps} is too small for method={method!r} with order={order}")
     t_start, t_end = self.default_times(steps, t_start, t_end)
     n = 0 if method == "adaptive" else int(steps)
-    key = (n, order, skip_type, method, lower_order_final, denoise_to_zero)
+    key = (n, order, skip_type, method, lower_order_final, denoise_to_zero, third_order)
     if key not in self._compiled:
       fn = self.sampling_fn(max_steps=max(n, 1), order=order, skip_type=skip_type, method=method,
-                            lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
+                            lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero,
+                            third_order=third_order)
       self._compiled[key] = jax.jit(lambda x, *args, fn=fn, n=n: fn(x, n, *args))
     x_end, nfe = self._compiled[key](x, t_start, t_end, atol, rtol)
     return (x_end, nfe) if return_nfe else x_end
 
 
   def _sample_on_grid(self, x, timesteps, order, method, lower_order_final, denoise_to_zero,
-                      return_nfe):
+                      return_nfe, third_order):
     grid = np.asarray(timesteps, np.float64)
     if method != "multistep":
       raise ValueError("timesteps= is supported for method='multistep' only")
     if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) < 0) or grid[-1] <= 0:
       raise ValueError("timesteps must be a 1-D strictly decreasing array of positive times")
     n = grid.size - 1
-    key = ("grid", n, order, lower_order_final, denoise_to_zero)
+    key = ("grid", n, order, lower_order_final, denoise_to_zero, third_order)
     if key not in self._compiled:
       fn = self.sampling_fn(max_steps=n, order=order, method=method,
-                            lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
+                            lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero,
+                            third_order=third_order)
       self._compiled[key] = jax.jit(
           lambda x, g, fn=fn, n=n: fn(x, n, g[0], g[-1], 0.0, 0.0, grid=g))
     x_end, nfe = self._compiled[key](x, jnp.asarray(grid, x.dtype))
     return (x_end, nfe) if return_nfe else x_end
 
 
-def _validate_static(order: int, skip_type: str, method: str) -> None:
+def _validate_static(order: int, skip_type: str, method: str, lower_order_final=True,
+                     third_order: str = "exact") -> None:
   plan.METHODS.get(method, field="method")
   plan.SKIP_TYPES.get(skip_type, field="skip_type")
+  plan.lower_order_final_below(lower_order_final, order)
+  if third_order not in up.THIRD_ORDER_FORMS:
+    raise ValueError(f"third_order={third_order!r}: expected one of {up.THIRD_ORDER_FORMS}")
   allowed = (2, 3) if method == "adaptive" else (1, 2, 3)
   if order not in allowed:
     raise ValueError(f"order={order!r} is invalid for method={method!r}: expected one of {allowed}")

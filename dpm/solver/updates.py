@@ -116,17 +116,25 @@ def multistep_second(algorithm: str, x, p0: Point, p1: Point, t: Point, m0, m1):
   return a * x - c * phi1 * m0 - 0.5 * c * phi1 * d1
 
 
-def multistep_third(algorithm: str, x, p0: Point, p1: Point, p2: Point, t: Point, m0, m1, m2):
+THIRD_ORDER_FORMS = ("exact", "published")
+
+
+def multistep_third(algorithm: str, x, p0: Point, p1: Point, p2: Point, t: Point, m0, m1, m2,
+                    form: str = "exact"):
   """Multistep third order from values at p2 < p1 < p0 (in lambda), on a non-uniform grid.
 
   With r_j = h_j / h, the backward differences D1_0 = (m0 - m1) / r0 and D1_1 = (m1 - m2) / r1 give
-  D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) = h m' + O(h^3) and D2 = 2 (D1_0 - D1_1) / (r0 + r1)
-  = h^2 m'' + O(h^3). The factor 2 makes D2 consistent with the phi_3 term of the Taylor expansion
-  (the public implementations omit it, which leaves the scheme second order; see dpm/SOLVER.md).
+  D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) = h m' + O(h^3) and (D1_0 - D1_1) / (r0 + r1)
+  = h^2 m'' / 2 + O(h^3). form="exact" takes D2 = twice that, the h^2 m'' that the phi_3 term of
+  the Taylor expansion needs (the update is exact for a model output quadratic in lambda; global
+  order 3); form="published" takes it once, as the public DPM-Solver code and diffusers do (an
+  O(h^3) local error in the limit, but more accurate at some practical step counts: dpm/SOLVER.md).
   """
+  if form not in THIRD_ORDER_FORMS:
+    raise ValueError(f"third_order={form!r}: expected one of {THIRD_ORDER_FORMS}")
   h, h0, h1 = t.lam - p0.lam, p0.lam - p1.lam, p1.lam - p2.lam
   d1_0 = (h / h0) * (m0 - m1)
   d1_1 = (h / h1) * (m1 - m2)
   d1 = d1_0 + (h0 / (h0 + h1)) * (d1_0 - d1_1)
-  d2 = (2.0 * h / (h0 + h1)) * (d1_0 - d1_1)
+  d2 = ((2.0 if form == "exact" else 1.0) * h / (h0 + h1)) * (d1_0 - d1_1)
   return taylor_step(algorithm, x, p0, t, m0, d1=d1, d2=d2)
