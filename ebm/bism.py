@@ -193,7 +193,10 @@ def _run_lower(method, model_def, theta, q_def, tx_phi, v, cfg, shared, phi, opt
                num_steps: int):
   step = lambda carry, key: _lower_step(method, model_def, theta, q_def, tx_phi, v, cfg, shared,
                                         carry, key)
-  return jax.lax.scan(step, (phi, opt_state), jax.random.split(rng, num_steps))
+  # Unrolled (up to 10 steps a loop iteration): on a CPU a loop of tiny steps costs more than
+  # their work (BiDSM K = N = 5 on the checkerboard GRBM: 2.5 -> 1.9 ms a step).
+  return jax.lax.scan(step, (phi, opt_state), jax.random.split(rng, num_steps),
+                      unroll=min(max(num_steps, 1), 10))
 
 
 def bism_step_grads(model_def: nnx.GraphDef, theta: PyTree, q_def: nnx.GraphDef, phi: PyTree,

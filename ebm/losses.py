@@ -44,7 +44,7 @@ from flax import nnx
 
 from common.errors import ConfigError
 from common.registry import Registry
-from ebm import samplers
+from ebm import grbm, samplers
 
 # The official checkerboard settings (../shared/papers/sources/bism.md).
 DEFAULTS: dict[str, Any] = {
@@ -240,6 +240,16 @@ def pcd_init_carry(model, v, rng, cfg) -> jax.Array:
 for _k in (1, 5, 10):
   LOSSES.add(f"cd{_k}", LossSpec(cd_loss(_k)))
 LOSSES.add("pcd1", LossSpec(pcd_loss(1), pcd_init_carry))
+
+
+def exact_ml_loss(model, v, rng, cfg, carry=None):
+  """The exact negative log-likelihood mean F(v) + log Z, log Z by enumeration of the 2^m hidden
+  states (ebm.grbm.log_z; small GRBMs only): the maximum-likelihood reference of the table."""
+  value = jnp.mean(model.free_energy(v)) + grbm.log_z(model.params())
+  return value, ({"loss": value}, carry)
+
+
+LOSSES.add("ml", LossSpec(exact_ml_loss))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -287,7 +287,8 @@ def test_nce_true_model_is_stationary_and_log_z_gradient_has_the_right_sign():
 
 
 def test_registry_and_validation_errors_name_the_field():
-  assert set(losses.LOSSES.names()) == {"cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "nce"}
+  assert set(losses.LOSSES.names()) == {"cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "nce",
+                                          "ml"}
   with pytest.raises(ConfigError, match="valid names: cd1, cd10"):
     losses.LOSSES.get("cd2", field="method")
   with pytest.raises(ConfigError, match="loss.sigma="):
