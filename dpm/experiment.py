@@ -1,4 +1,10 @@
-"""DDPM experiment runner: train (--mode=train), evaluate (eval) and sample (sample) a diffusion model."""
+"""DDPM experiment runner: train (--mode=train), evaluate (eval), sample (sample) and report (report).
+
+With sn_npr.enabled (configs/dpm/sn_npr_*.py) --mode=train is a two-stage run: the noise predictor
+here (skipped when sn_npr.init_from names a trained one), then SN/NPR-DPM's covariance heads on it
+(dpm/second_stage.py) through the same shared loop; the 'sn_npr' report, and --mode=sample /
+--mode=eval with a state-dependent variance (npr, sn, npr_avg, sn_avg), use the heads.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ def validate(config) -> None:
                         f"model.ch * ch_mult ({config.model.ch} * {mult})")
   if config.train.get("num_seeds", 1) != 1:
     raise ConfigError("train.num_seeds must be 1 for the diffusion family (one U-Net per run)")
+  from dpm import second_stage  # it builds on this module
+  if second_stage.used(config):
+    second_stage.validate(config)
 
 
 def batch_sizes(config) -> tuple[int, ...]:
@@ -151,11 +160,27 @@ def test_loss(setup: Setup, weights, rng) -> float:
 
 @MODES.register("train")
 def train(config, workdir: str):
+  """Stage 1 (the noise predictor), then SN/NPR's heads if sn_npr.enabled, then config.reports;
+  returns the reports' results by name."""
   setup = Setup(config)
+  if not (config.sn_npr.enabled and config.sn_npr.init_from):
+    train_stage1(config, workdir, setup)
+  if config.sn_npr.enabled:
+    from dpm import second_stage
+    second_stage.train(config, workdir, setup)
+  if reports.names(config):
+    return run_reports(config, workdir, setup)
+  return {}
+
+
+def train_stage1(config, workdir: str, setup: Setup):
+  """The noise predictor through the shared loop, with a sample grid and the test loss every
+  train.eval_every steps (in an isotropic variance: no head exists yet)."""
   logging.info("U-Net with %.2fM parameters; data %s %s (%d train examples).",
                count_params(setup.model) / 1e6, config.data.name, setup.data.shape,
                len(setup.data.train))
   _, sample_rng, eval_rng = jax.random.split(setup.rng, 3)
+  config = samplers.isotropic_config(config)
   sampler = (None if samplers.needs_gamma(config) else make_sampler(
       config, setup.graphdef, setup.process, config.sample.eval_steps, setup.mesh))
 
@@ -178,19 +203,20 @@ def train(config, workdir: str):
   hooks = [train_lib.Hook(config.train.eval_every, evaluate)]
   batches = lambda start, seed: setup.data.train_batches(config.data.batch_size,
                                                          config.data.seed + seed, start)
-  train_lib.fit(setup.program, config, workdir, batches, hooks, mesh=setup.mesh, keys=keys)
-  if reports.names(config):
-    run_reports(config, workdir, setup)
+  return train_lib.fit(setup.program, config, workdir, batches, hooks, mesh=setup.mesh, keys=keys)
 
 
 def run_reports(config, workdir: str, setup: Setup | None = None) -> dict:
-  """Runs config.reports on the EMA model of the latest checkpoint."""
+  """Runs config.reports on the EMA model of the latest checkpoint (the 'sn_npr' report reads
+  the stage-2 heads and their U-Net itself, which may live in sn_npr.init_from)."""
   setup = setup or Setup(config)
-  model, step = setup.restore(workdir)
+  stage1 = [n for n in reports.names(config) if n != "sn_npr"]
+  model, step = setup.restore(workdir) if stage1 else (None, None)
   out = {}
   for name in reports.names(config):
     t0 = time.time()
-    logging.info("Report %r on the model of step %d...", name, step)
+    logging.info("Report %r on the model of step %s...", name,
+                 "(stage 2's newest)" if name == "sn_npr" else step)
     out[name] = reports.REPORTS.get(name, field="reports")(setup, model, step, workdir)
     logging.info("Report %r done in %.1fs.", name, time.time() - t0)
   return out
@@ -204,27 +230,35 @@ def report(config, workdir: str):
   return run_reports(config, workdir)
 
 
-def eval_samplers(config) -> list[tuple[str, int]]:
-  """(sampler, K or NFE) pairs of eval.samplers ('ddpm:100', 'dpm_solver++_2m:10'; a bare name
-  takes sample.num_steps or sample.nfe); by default the configured sample.sampler."""
+def eval_samplers(config) -> list[tuple[str, int, str]]:
+  """(sampler, K or NFE, variance) of eval.samplers ('ddpm:100', 'dpm_solver++_2m:10',
+  'ddim:10:sn'; a bare name takes sample.num_steps or sample.nfe, a missing variance
+  sample.variance); by default the configured sample.sampler."""
   specs = list(config.eval.samplers) or [config.sample.sampler]
   out = []
   for spec in specs:
-    name, _, steps = str(spec).partition(":")
+    name, steps, variance, *rest = str(spec).split(":") + ["", ""]
     samplers.SAMPLERS.get(name, field="eval.samplers")
     default = config.sample.nfe if samplers.is_solver(name) else config.sample.num_steps
     try:
-      out.append((name, int(steps) if steps else int(default)))
+      if any(rest) or (variance and samplers.is_solver(name)):
+        raise ValueError
+      out.append((name, int(steps) if steps else int(default), variance or config.sample.variance))
     except ValueError:
-      raise ConfigError(f"eval.samplers has {spec!r}: expected 'name' or 'name:steps'") from None
+      raise ConfigError(f"eval.samplers has {spec!r}: expected 'name', 'name:steps' or (reverse "
+                        "process) 'name:steps:variance'") from None
+    if variance:
+      samplers.validate(with_sampler(config, name, variance))
   return out
 
 
-def with_sampler(config, name: str):
-  """A copy of config whose sample.sampler is `name`."""
+def with_sampler(config, name: str, variance: str | None = None):
+  """A copy of config whose sample.sampler is `name` (and sample.variance `variance`)."""
   from ml_collections import ConfigDict
   c = ConfigDict(config.to_dict())
   c.sample.sampler = name
+  if variance:
+    c.sample.variance = variance
   return c
 
 
@@ -247,7 +281,7 @@ def evaluate(config, workdir: str):
   """Test loss, and the sample quality (dpm/quality.py) of each of eval.samplers, written to
   workdir/results.json (schema in dpm/quality.py)."""
   setup = Setup(config)
-  model, step = setup.restore(workdir)
+  model, step = setup.restore(config.sn_npr.init_from or workdir)
   loss = test_loss(setup, nnx.state(model), jax.random.split(setup.rng, 3)[2])
   logging.info("Evaluation at step %d: test loss (EMA) %.5f", step, loss)
   result = {"model_step": step, "test_loss": loss, "dataset": config.data.name, "records": []}
@@ -255,17 +289,30 @@ def evaluate(config, workdir: str):
                      lambda p: io.atomic_write_json(p, {k: result[k] for k in (
                          "model_step", "test_loss", "dataset")}))
   scorer = quality.Scorer(config, workdir, setup.data) if config.eval.num_samples else None
-  for name, steps in eval_samplers(config):
+  heads = None
+  for name, steps, variance in eval_samplers(config):
     t0 = time.time()
-    c = with_sampler(config, name)
-    r = scorer(generate(setup, c, model, step, workdir, steps, config.eval.num_samples,
-                        config.eval.seed))
+    c = with_sampler(config, name, variance)
+    # With trained heads, every reverse-process variance samples from the two-part model (same
+    # eps; the analytic Gamma comes from the report's cached moments).
+    if samplers.is_state_dependent(c.sample.variance) or (
+        config.sn_npr.enabled and not samplers.is_solver(name)):
+      from dpm import second_stage
+      heads = heads or second_stage.restore(config, workdir, setup)
+      images = second_stage.generate(c, setup, *heads, workdir, steps, config.eval.num_samples,
+                                     config.eval.seed)
+    else:
+      images = generate(setup, c, model, step, workdir, steps, config.eval.num_samples,
+                        config.eval.seed)
+    r = scorer(images)
     record = {"metric": scorer.name, **r, "sampler": name, "steps": steps, "model_step": step,
               "config": {"sample": c.sample.to_dict(), "eval": config.eval.to_dict()}}
+    if heads is not None and not samplers.is_solver(name):
+      record["heads_step"] = heads[1]
     result["records"].append(record)
-    logging.info("%s of %d samples of %s at %d steps: %.4f (floor %s) %s  (%.1fs)", scorer.name,
-                 r["num_samples"], name, steps, r["value"], r["floor"], r["extra"],
-                 time.time() - t0)
+    logging.info("%s of %d samples of %s at %d steps, variance %s: %.4f (floor %s) %s  (%.1fs)",
+                 scorer.name, r["num_samples"], name, steps, c.sample.variance, r["value"],
+                 r["floor"], r["extra"], time.time() - t0)
   io.on_main_process(os.path.join(workdir, "results.json"),
                      lambda p: io.atomic_write_json(p, result))
   return result
@@ -273,6 +320,9 @@ def evaluate(config, workdir: str):
 
 @MODES.register("sample")
 def sample(config, workdir: str):
+  if samplers.is_state_dependent(config.sample.variance):
+    from dpm import second_stage
+    return second_stage.sample(config, workdir)
   setup = Setup(config)
   model, step = setup.restore(workdir)
   s = config.sample

@@ -100,6 +100,32 @@ class GaussianMixture:
     return (second - jnp.sum(mean ** 2, -1)) / self.dim
 
 
+  def posterior_moments(self, x, alpha, sigma) -> tuple[jax.Array, jax.Array]:
+    """Per-element E[x_0 | x_t] and E[x_0^2 | x_t], each [B, d]."""
+    r, m, v = self.posterior(x, alpha, sigma)
+    first = jnp.sum(r[..., None] * m, axis=1)
+    second = jnp.sum(r[..., None] * (m ** 2 + v[..., None]), axis=1)
+    return first, second
+
+  def posterior_var(self, x, alpha, sigma) -> jax.Array:
+    """Per-element Var[x_0 | x_t], [B, d]: the diagonal of the posterior covariance (SN/NPR-DPM's
+    target, times alpha^2 / sigma^2 in eps units)."""
+    first, second = self.posterior_moments(x, alpha, sigma)
+    return second - first ** 2
+
+  def eps_second_moment(self, x, alpha, sigma) -> jax.Array:
+    """Per-element E[eps^2 | x_t], [B, d], the SN-DPM target h*(x_t).
+
+    eps = (x_t - alpha x_0) / sigma, so E[eps^2 | x_t] = (x_t^2 - 2 alpha x_t E[x_0 | x_t]
+    + alpha^2 E[x_0^2 | x_t]) / sigma^2 per element.
+    """
+    x = jnp.asarray(x)
+    alpha_b = jnp.reshape(jnp.asarray(alpha, x.dtype), (-1, 1))
+    sigma_b = jnp.reshape(jnp.asarray(sigma, x.dtype), (-1, 1))
+    first, second = self.posterior_moments(x, alpha, sigma)
+    return (x ** 2 - 2 * alpha_b * x * first + alpha_b ** 2 * second) / sigma_b ** 2
+
+
 def default_mixture(dim: int = 2, seed: int = 0) -> GaussianMixture:
   """A fixed, well-separated 4-component mixture inside [-1, 1]^d, used by tests and benchmarks."""
   rs = np.random.RandomState(seed)

@@ -8,6 +8,9 @@ report(setup, model, step, workdir) with the EMA model of the checkpoint at `ste
             and sample grids DDPM vs Analytic-DDPM and DDIM vs Analytic-DDIM on the same noise.
   solver    DPM-Solver (issue 4): sample grids at the NFEs of `config.solver` for each method, from
             the same noise, and each method's RMSE to a high-NFE reference solution of the same ODE.
+  sn_npr    SN-DPM / NPR-DPM (issue 13): the NLL table with the second-stage heads' diagonal
+            variances beside beta_tilde and analytic, and sample grids (dpm/second_stage.py; it
+            restores the heads itself, `model` is not used).
 """
 
 from __future__ import annotations
@@ -356,6 +359,13 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   _write(workdir, f"solver/error_step_{step:07d}.md", lambda p: io.atomic_write_text(p, table))
   logging.info("DPM-Solver on the model of step %d:\n%s", step, table)
   return result
+
+
+@REPORTS.register("sn_npr")
+def sn_npr_report(setup, model: nnx.Module | None, step: int | None, workdir: str) -> dict:
+  del model, step  # the report restores the stage-2 heads (and their frozen U-Net)
+  from dpm import second_stage  # it builds on dpm.experiment, which imports this module
+  return second_stage.report(setup.config, workdir, setup)
 
 
 def names(config) -> list[str]:

@@ -192,3 +192,45 @@ def sample(eps_fn: EpsFn, x_T: jax.Array, rng: jax.Array, alphas_cumprod: np.nda
     return jnp.where(k > 0, mean + std[k] * noise, mean)
 
   return jax.lax.fori_loop(0, num, body, x_T)
+
+
+# (x [B, ...], n [B]) -> (eps_hat [B, ...], aux): a noise predictor with extra outputs (e.g. the
+# second-stage moments of SN/NPR-DPM, dpm/heads.py).
+ModelFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, object]]
+# (k, eps_hat, aux) -> sigma^2 of step k, broadcastable to [B, ...] (k may be traced).
+VarianceFn = Callable[[jax.Array, jax.Array, object], jax.Array]
+
+
+def sample_state_dependent(model_fn: ModelFn, variance_fn: VarianceFn, x_T: jax.Array,
+                           rng: jax.Array, alphas_cumprod: np.ndarray, trajectory: np.ndarray,
+                           form: str = "ddpm", eta: float = 0.0,
+                           clip_denoised: bool = True) -> jax.Array:
+  """`sample` with a variance that depends on the state: sigma^2 = variance_fn(k, eps_hat, aux)
+  from the same model call as the mean (SN/NPR-DPM's diagonal covariance, dpm/covariance.py).
+
+  The per-step noise is keyed as in `sample`, so a variance_fn returning sigma2[k] reproduces it.
+
+  Args:
+    model_fn: (x, n) -> (eps_hat, aux).
+    variance_fn: (k, eps_hat, aux) -> sigma^2 [B, ...] (or broadcastable); unused at k = 0.
+    Others as for `sample`.
+
+  Returns:
+    x_0 samples, same shape as x_T.
+  """
+  dtype = x_T.dtype
+  terms = step_terms(alphas_cumprod, trajectory)
+  coefs = tuple(jnp.asarray(c, dtype) for c in mean_coefs(alphas_cumprod, trajectory, form, eta))
+  t = jnp.asarray(terms.t, jnp.int32)
+  abar_t = jnp.asarray(terms.abar_t, dtype)
+  num = len(terms.t)
+
+  def body(i, x):
+    k = num - 1 - i
+    eps, aux = model_fn(x, jnp.full((x.shape[0],), t[k], jnp.int32))
+    mean, _, _ = reverse_mean(lambda *_: eps, x, k, t, abar_t, coefs, clip_denoised)
+    std = jnp.sqrt(jnp.maximum(variance_fn(k, eps, aux), 0.0)).astype(dtype)
+    noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, dtype)
+    return jnp.where(k > 0, mean + std * noise, mean)
+
+  return jax.lax.fori_loop(0, num, body, x_T)

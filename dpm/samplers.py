@@ -7,6 +7,9 @@ training; the reports build theirs from the same registry.
          steps on sample.trajectory (even | quad | dp), reverse variance sample.variance
          (beta | beta_tilde | analytic).
   ddim   the same in DDIM form (Song et al. 2021) with sample.eta; variance ddim or analytic.
+         Both forms also take the state-dependent diagonal variances of SN-DPM / NPR-DPM
+         (Bao et al. 2022): npr, sn and their dimension-averaged ablations npr_avg, sn_avg
+         (dpm/covariance.py), which need the second-stage heads (dpm/second_stage.py samples them).
   dpm_solver_1, dpm_solver_2m, dpm_solver_3m, dpm_solver_fast, dpm_solver++_2m, dpm_solver++_3m,
   dpm_solver++_2s
          DPM-Solver(++) (Lu et al. 2022, arXiv 2206.00927 / 2211.01095) on the probability-flow ODE
@@ -30,7 +33,7 @@ from flax import nnx
 from common import checks, mesh as mesh_lib
 from common.errors import ConfigError
 from common.registry import Registry
-from dpm import analytic, reverse
+from dpm import analytic, covariance, reverse
 
 SAMPLERS: Registry = Registry("sampler")
 REVERSE_FORMS = ("ddpm", "ddim")
@@ -78,13 +81,33 @@ def validate(config) -> None:
     return
   if s.trajectory != "dp":
     reverse.TRAJECTORIES.get(s.trajectory, field="sample.trajectory")
-  analytic.VARIANCES.get(s.variance, field="sample.variance")
+  if is_state_dependent(s.variance):
+    return  # any form; dpm.second_stage.validate checks that its head is trained
+  if s.variance not in analytic.VARIANCES:
+    raise ConfigError(f"sample.variance={s.variance!r} is invalid: expected one of "
+                      f"{list(analytic.VARIANCES) + list(covariance.VARIANCES)}")
   if s.sampler == "ddpm" and s.variance == "ddim":
     raise ConfigError("sample.variance='ddim' is the DDIM form's: use sample.sampler=ddim, or a "
                       "DDPM variance (beta, beta_tilde, analytic)")
   if s.sampler == "ddim" and s.variance not in ("ddim", "analytic"):
     raise ConfigError(f"sample.variance={s.variance!r} is invalid for sample.sampler=ddim: "
                       "expected 'ddim' (eta-scaled beta_tilde) or 'analytic'")
+
+
+def is_state_dependent(name: str) -> bool:
+  """SN/NPR's variances (dpm/covariance.py), which read the second-stage heads."""
+  return name in covariance.VARIANCES
+
+
+def isotropic_config(config):
+  """config, or a copy whose state-dependent sample.variance is the form's fixed one (beta_tilde
+  for ddpm, ddim for ddim): what stage 1's sample grids use, before any head is trained."""
+  if not is_state_dependent(config.sample.variance):
+    return config
+  from ml_collections import ConfigDict
+  c = ConfigDict(config.to_dict())
+  c.sample.variance = "ddim" if c.sample.sampler == "ddim" else "beta_tilde"
+  return c
 
 
 def describe(config, steps: int | None = None) -> str:

@@ -140,6 +140,13 @@ class UNet(nnx.Module):
   def __call__(self, x: jax.Array, t: jax.Array, *, train: bool = False,
                rngs: jax.Array | None = None) -> jax.Array:
     """x: [B, H, W, C]; t: [B] network time input (n - 1 for discrete step n); returns [B, H, W, C]."""
+    h, _ = self.features(x, t, train=train, rngs=rngs)
+    return self.output(h)
+
+  def features(self, x: jax.Array, t: jax.Array, *, train: bool = False,
+               rngs: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The last feature map [B, H, W, ch * ch_mult[0]] (before the output norm) and the time
+    embedding [B, 4 ch]: what a second-stage head reads (SN/NPR-DPM's parameter sharing)."""
     temb = self.temb2(nnx.silu(self.temb1(timestep_embedding(t, self.ch))))
     hs = [self.conv_in(x)]
     for layer in self.down:
@@ -154,6 +161,10 @@ class UNet(nnx.Module):
         h = layer(upsample_nearest(h))
       else:
         h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb, train=train, rngs=rngs)
+    return h, temb
+
+  def output(self, h: jax.Array) -> jax.Array:
+    """eps_hat [B, H, W, C] from the last feature map of `features`."""
     return self.conv_out(nnx.silu(self.norm_out(h)))
 
 

@@ -81,6 +81,32 @@ def get_config() -> ConfigDict:
       grid_samples=64,
       ddpm_baseline="beta_tilde",
   ))
+  # SN-DPM / NPR-DPM (dpm/second_stage.py): covariance heads trained on the frozen U-Net.
+  c.sn_npr = ConfigDict(dict(
+      enabled=False,         # True: --mode=train trains the heads after stage 1 (the same run)
+      init_from="",          # the stage-1 workdir ('' = this one, trained first if needed)
+      kinds=("sn", "npr"),   # heads trained together on one frozen U-Net
+      head="light",          # light: GN-SiLU-conv3x3 (zero init); heavy: a ResBlock first
+      stage="sn_npr",        # the stage-2 directory under the workdir
+      num_steps=1000, log_every=50, ckpt_every=250, ema_decay=0.999,
+      optim=ConfigDict(dict(name="adam", lr=1e-3, warmup_steps=50, schedule="cosine", b1=0.9,
+                            b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0)),
+      seed=0,
+      moment_examples=100,   # training images per timestep for the averaged moments and Gamma
+      moment_batch=100,
+      ks=(10, 25, 50, 100),
+      forms=("ddpm", "ddim"),
+      nll_eta=0.5,           # the DDIM form's eta in the NLL (eta = 0 has no NLL)
+      trajectories=("even", "dp"),
+      # 'beta_tilde' stands for the form's fixed variance (beta_tilde; DDIM: eta^2 beta_tilde);
+      # npr_avg / sn_avg: c_hat averaged over dimensions (the isotropic ablation)
+      variances=("beta_tilde", "analytic", "npr", "sn", "npr_avg", "sn_avg"),
+      dp_variances=("analytic", "npr", "sn"),  # each on its own DP trajectory
+      nll_examples=500,
+      nll_batch=500,
+      grid_ks=(10, 25),      # sample grids from the same noise
+      grid_samples=64,
+  ))
   c.solver = ConfigDict(dict(
       methods=("dpm_solver_1", "dpm_solver_fast", "dpm_solver++_2m", "dpm_solver++_3m"),
       nfes=(10, 15, 20),
@@ -105,4 +131,8 @@ def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
   c.analytic.update(gamma_examples=16, gamma_batch=16, ks=(2, 5), nll_examples=16, nll_batch=16,
                     grid_ks=(3,), grid_samples=4)
   c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("dpm_solver_1", "dpm_solver++_2m"))
+  c.sn_npr.update(num_steps=4, log_every=2, ckpt_every=2, moment_examples=8, moment_batch=8,
+                  ks=(2, 5), nll_examples=16, nll_batch=16, grid_ks=(3,), grid_samples=4,
+                  variances=("beta_tilde", "analytic", "npr", "sn"), dp_variances=("npr",))
+  c.sn_npr.optim.warmup_steps = 1
   return c
