@@ -2,13 +2,16 @@
 
 `config.method` names the training method (METHODS): the single-level losses of ebm/losses.py
 (cd1, cd5, cd10, pcd1, ssm, dsm, mdsm, nce; and ml, exact maximum likelihood through the
-enumerated log Z, the reference) or the bi-level ones of ebm/bism.py (bissm, bidsm, bimdsm, and
-vnce). One `common.train.fit` step is one minibatch of the method:
+enumerated log Z, the reference), the bi-level ones of ebm/bism.py (bissm, bidsm, bimdsm, and
+vnce) or the VaGES ones of ebm/vages.py (vages_dsm, vages_mdsm, vages_ksd). One `common.train.fit`
+step is one minibatch of the method:
 - single-level: one optimiser step on theta (the GRBM, wrapped with a learned log Z for NCE), the
   PCD chains carried in the state;
 - bi-level: K plain steps of the posterior's optimiser on phi, N unrolled ones inside the theta
   gradient (ebm.bism.bism_step_grads), then one step on theta; the state holds both parameter sets
-  (`common.optim.ParamSet`) with their own optimisers (config.optim, config.posterior_optim).
+  (`common.optim.ParamSet`) with their own optimisers (config.optim, config.posterior_optim);
+- VaGES: K plain posterior steps, then the VaGES theta-gradient from 3 L particles of the updated
+  posterior (ebm.vages.vages_step_grads: no unroll), the same two parameter sets.
 `train.num_seeds` vmaps seeds config.seed .. + S - 1 (their own init and minibatches, one test set).
 
 Evaluation is exact (ebm.grbm: log Z by enumeration of the 2^m hidden states): the mean test
@@ -41,15 +44,16 @@ from common import checks, data as data_lib, io, mesh as mesh_lib, optim, train 
 from common.checkpoint import Checkpointer
 from common.errors import ConfigError
 from common.registry import Registry
-from ebm import bism, grbm, losses, posteriors
+from ebm import bism, grbm, losses, posteriors, vages
 
 MODES: Registry = Registry("ebm mode")
 RESULTS, PARAMS = "results.json", "grbm.npz"
 
 
 class Method(NamedTuple):
-  """kind: 'single' (ebm.losses.LOSSES) or 'bilevel' (ebm.bism.METHODS); log_z: the model has a
-  learned log normaliser (NCE, VNCE)."""
+  """kind: 'single' (ebm.losses.LOSSES), 'bilevel' (ebm.bism.METHODS) or 'vages'
+  (ebm.vages.METHODS; a posterior trained alongside, as for the bi-level ones); log_z: the model
+  has a learned log normaliser (NCE, VNCE)."""
   kind: str
   log_z: bool = False
 
@@ -61,10 +65,13 @@ METHODS.add("nce", Method("single", log_z=True))
 for _name in ("bissm", "bidsm", "bimdsm"):
   METHODS.add(_name, Method("bilevel"))
 METHODS.add("vnce", Method("bilevel", log_z=True))
+for _name in ("vages_dsm", "vages_mdsm", "vages_ksd"):
+  METHODS.add(_name, Method("vages"))
 
 # The config.loss fields, passed to ebm.losses / ebm.bism as their cfg mapping.
 LOSS_FIELDS = ("sigma", "sigma_begin", "sigma_end", "sigma_spacing", "sigma0", "projection", "nu",
-               "inner_steps", "unroll_steps", "lower", "shared_noise", "num_particles")
+               "inner_steps", "unroll_steps", "lower", "shared_noise", "num_particles",
+               "vages_particles", "bandwidth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +93,9 @@ def validate(config) -> None:
   if method.kind == "bilevel":
     optim.validate(config, "posterior_optim")
     bism.validate(loss_cfg(config), prefix="loss")
+  elif method.kind == "vages":
+    optim.validate(config, "posterior_optim")
+    vages.validate(loss_cfg(config), prefix="loss")
   else:
     losses.validate(loss_cfg(config), config.method, prefix="loss")
   if config.data.name != "checkerboard":
@@ -169,7 +179,9 @@ def make_program(config, num_visible: int, noise: losses.GaussianNoise) -> tuple
   make_model = lambda key: build_model(config, num_visible, key)
   make_q = lambda key: build_posterior(config, num_visible, key)
   model_def = _structure(make_model)
-  if method.kind == "bilevel":
+  with_posterior = method.kind in ("bilevel", "vages")
+  step_grads = vages.vages_step_grads if method.kind == "vages" else bism.bism_step_grads
+  if with_posterior:
     tx_q = optim.make_optimizer(config.posterior_optim, num_steps)
     q_def = _structure(make_q)
   spec = losses.LOSSES[config.method] if method.kind == "single" else None
@@ -180,7 +192,7 @@ def make_program(config, num_visible: int, noise: losses.GaussianNoise) -> tuple
     m_key, q_key = jax.random.split(key)
     theta = nnx.state(make_model(m_key))
     state = {"model": optim.ParamSet.create(theta, tx)}
-    if method.kind == "bilevel":
+    if with_posterior:
       state["posterior"] = optim.ParamSet.create(nnx.state(make_q(q_key)), tx_q)
     if pcd:  # the chains start from h ~ p(h | v) of the first minibatch (see step)
       state["chains"] = {"h": jnp.zeros((batch, config.model.num_hidden), jnp.float32),
@@ -203,8 +215,8 @@ def make_program(config, num_visible: int, noise: losses.GaussianNoise) -> tuple
         new["chains"] = {"h": carry, "started": jnp.ones((), bool)}
     else:
       q = state["posterior"]
-      grads, phi, phi_opt, metrics = bism.bism_step_grads(model_def, theta, q_def, q.params,
-                                                          q.opt_state, tx_q, v, key, cfg_k)
+      grads, phi, phi_opt, metrics = step_grads(model_def, theta, q_def, q.params, q.opt_state,
+                                                tx_q, v, key, cfg_k)
       new["posterior"] = optim.ParamSet(phi, phi_opt)
     new["model"] = state["model"].apply(grads, tx)
     return new, {**metrics, "grad_norm": optax.tree.norm(grads)}

@@ -44,6 +44,8 @@ def get_config() -> ConfigDict:
       lower="kl",                                    # BiSM lower level: kl | fisher
       shared_noise=False,
       num_particles=5,                               # vnce
+      vages_particles=2,                             # vages_*: L posterior draws (>= 2)
+      bandwidth=0.1,                                 # vages_ksd: RBF kernel bandwidth h
   ))
   c.optim = adam(1e-3)
   c.posterior_optim = adam(1e-3)   # the official lower-level optimiser: the model's type and lr
