@@ -217,12 +217,12 @@ def test_frozen_base_is_bit_identical_while_the_head_learns(tmp_path):
   state = train_lib.fit(program, config, str(tmp_path), _regression_batches)
   model = program.model(state, ema=False)
   _assert_identical(nnx.state(model.base), nnx.state(initial.base))
-  assert not np.allclose(np.asarray(model.head.kernel.value), np.asarray(initial.head.kernel.value))
+  assert not np.allclose(np.asarray(model.head.kernel[...]), np.asarray(initial.head.kernel[...]))
   # Only the head has parameters and optimiser state in the train state.
   names = {checkpoint.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)}
   assert not any("base" in n for n in names) and any(n.startswith("opt_state") for n in names)
   # Batch statistics are carried, changed by training, and restored from the checkpoint.
-  assert not np.allclose(np.asarray(model.norm.mean.value), 0)
+  assert not np.allclose(np.asarray(model.norm.mean[...]), 0)
   restored, _, step = train_lib.restore(program, config, str(tmp_path))
   assert step == 8
   _assert_identical(restored.extra, state.extra)
@@ -239,8 +239,8 @@ def test_warm_start_loads_another_runs_parameters_into_the_frozen_part(tmp_path)
   state = train_lib.fit(program, warm, str(tmp_path / "warm"), _regression_batches)
   _, consts, _ = train_lib.restore(program, warm, str(tmp_path / "warm"))
   _assert_identical(consts["frozen"]["base"], src_state.ema_params["base"])
-  assert not np.allclose(np.asarray(consts["frozen"]["base"]["kernel"].value),
-                         np.asarray(_BaseHead().base.kernel.value))
+  assert not np.allclose(np.asarray(consts["frozen"]["base"]["kernel"][...]),
+                         np.asarray(_BaseHead().base.kernel[...]))
   del state
 
 

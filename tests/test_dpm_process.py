@@ -59,7 +59,7 @@ class _ExactGaussianEps(nnx.Module):
     t = (t_in / self.p.time_scale if self.p.continuous else (t_in + 1.0) / self.p.num_steps)
     alpha = ns.marginal_alpha(t).reshape((-1,) + (1,) * (x.ndim - 1))
     sigma = ns.marginal_std(t).reshape(alpha.shape)
-    s2 = jnp.exp(2 * self.log_s.value)
+    s2 = jnp.exp(2 * self.log_s[...])
     return sigma * x / (alpha ** 2 * s2 + sigma ** 2)  # -sigma * grad log N(x; 0, a^2 s^2 + sigma^2)
 
 
