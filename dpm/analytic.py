@@ -70,6 +70,16 @@ def _gamma_chunk_sums(eps_fn, x0, index, weight, ts, num_ts, sqrt_abar, sqrt_bba
   return jax.lax.fori_loop(0, num_ts, one_t, jnp.zeros(ts.shape, jnp.float32))
 
 
+def checked_timesteps(alphas_cumprod, timesteps) -> tuple[np.ndarray, np.ndarray]:
+  """(alphas_cumprod as float64 [N + 1], timesteps as int32 [T]), the timesteps checked to lie in
+  1..N: the inputs of the Monte Carlo moment estimators (here and in dpm/covariance.py)."""
+  abar = np.asarray(alphas_cumprod, np.float64)
+  ts = np.asarray(timesteps, np.int32).reshape(-1)
+  if ts.size and (ts.min() < 1 or ts.max() >= len(abar)):
+    raise ValueError(f"timesteps must lie in 1..{len(abar) - 1}, got {ts.min()}..{ts.max()}")
+  return abar, ts
+
+
 def estimate_gamma(eps_fn: EpsFn, alphas_cumprod: np.ndarray, x0: Any,
                    timesteps: Sequence[int], rng: jax.Array, *, batch_size: int = 256,
                    mesh: Mesh | None = None) -> np.ndarray:
@@ -93,10 +103,7 @@ def estimate_gamma(eps_fn: EpsFn, alphas_cumprod: np.ndarray, x0: Any,
   Returns:
     [T] float64 Gamma at `timesteps`.
   """
-  abar = np.asarray(alphas_cumprod, np.float64)
-  ts = np.asarray(timesteps, np.int32).reshape(-1)
-  if ts.size and (ts.min() < 1 or ts.max() >= len(abar)):
-    raise ValueError(f"timesteps must lie in 1..{len(abar) - 1}, got {ts.min()}..{ts.max()}")
+  abar, ts = checked_timesteps(alphas_cumprod, timesteps)
   x0 = np.asarray(x0)
   num = x0.shape[0]
   if num == 0:

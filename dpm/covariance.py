@@ -240,10 +240,7 @@ def estimate_moments(model_fn: Callable, alphas_cumprod: np.ndarray, x0: Any,
   Returns:
     {'gamma': [T], kind: [T], ...} float64.
   """
-  abar = np.asarray(alphas_cumprod, np.float64)
-  ts = np.asarray(timesteps, np.int32).reshape(-1)
-  if ts.size and (ts.min() < 1 or ts.max() >= len(abar)):
-    raise ValueError(f"timesteps must lie in 1..{len(abar) - 1}, got {ts.min()}..{ts.max()}")
+  abar, ts = analytic.checked_timesteps(alphas_cumprod, timesteps)
   x0 = np.asarray(x0)
   num = x0.shape[0]
   ndev = mesh.size if mesh is not None else 1

@@ -108,6 +108,21 @@ def _nll_nats(eps_fn, x0, rng, num, t, abar_t, coefs, lam2, sigma2, dec_var, aba
   return prior + kls - jnp.sum(jnp.reshape(logp, (batch, -1)), axis=1)              # [V, B]
 
 
+def _nll_setup(alphas_cumprod, trajectory, form: str, eta: float, decoder_var):
+  """The checked step terms, mean coefficients and decoder variance both NLL estimators start
+  from: (terms, lambda^2, coefs, decoder_var, alphas_cumprod float64, N)."""
+  reverse.check_form(form)
+  terms = reverse.step_terms(alphas_cumprod, trajectory)
+  lam2 = reverse.lambda2(terms, form, eta)
+  if len(terms.t) > 1 and np.any(lam2[1:] <= 0):
+    raise ValueError("the NLL needs lambda^2 > 0 on every step: use the DDPM form or eta > 0")
+  coefs = reverse.mean_coefs(alphas_cumprod, trajectory, form, eta)
+  if decoder_var is None:
+    decoder_var = default_decoder_variance(alphas_cumprod, trajectory)
+  abar = np.asarray(alphas_cumprod, np.float64)
+  return terms, lam2, coefs, decoder_var, abar, len(abar) - 1
+
+
 def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.ndarray,
             sigma2: np.ndarray, x0: jax.Array, rng: jax.Array, *, form: str = "ddpm",
             eta: float = 0.0, decoder_var: float | None = None, num_bins: int = 256,
@@ -133,17 +148,9 @@ def nll_bpd(eps_fn: reverse.EpsFn, alphas_cumprod: np.ndarray, trajectory: np.nd
   Returns:
     [B] bits/dim ([V, B] for a [V, K] sigma2).
   """
-  reverse.check_form(form)
-  terms = reverse.step_terms(alphas_cumprod, trajectory)
-  lam2 = reverse.lambda2(terms, form, eta)
-  if len(terms.t) > 1 and np.any(lam2[1:] <= 0):
-    raise ValueError("the NLL needs lambda^2 > 0 on every step: use the DDPM form or eta > 0")
+  terms, lam2, coefs, decoder_var, abar, num_steps = _nll_setup(alphas_cumprod, trajectory, form,
+                                                               eta, decoder_var)
   dtype = jnp.asarray(x0).dtype
-  coefs = reverse.mean_coefs(alphas_cumprod, trajectory, form, eta)
-  if decoder_var is None:
-    decoder_var = default_decoder_variance(alphas_cumprod, trajectory)
-  abar = np.asarray(alphas_cumprod, np.float64)
-  num_steps = len(abar) - 1
 
   def pad(a, dt=dtype):  # per-step arrays padded to length N: one compile serves every K
     a = np.asarray(a, np.float64)
@@ -250,20 +257,12 @@ def nll_bpd_state_dependent(model_fn: reverse.ModelFn, alphas_cumprod: np.ndarra
   Returns:
     [V_i + len(variances), B] bits/dim.
   """
-  reverse.check_form(form)
   specs = tuple(v if isinstance(v, covariance.Variance) else
                 covariance.VARIANCES.get(v, field="variances") for v in variances)
-  terms = reverse.step_terms(alphas_cumprod, trajectory)
-  lam2 = reverse.lambda2(terms, form, eta)
-  if len(terms.t) > 1 and np.any(lam2[1:] <= 0):
-    raise ValueError("the NLL needs lambda^2 > 0 on every step: use the DDPM form or eta > 0")
-  _, gamma2 = covariance.step_coefficients(alphas_cumprod, terms.s, terms.t, form, eta)
+  terms, lam2, coefs, decoder_var, abar, num_steps = _nll_setup(alphas_cumprod, trajectory, form,
+                                                               eta, decoder_var)
   dtype = jnp.asarray(x0).dtype
-  coefs = reverse.mean_coefs(alphas_cumprod, trajectory, form, eta)
-  if decoder_var is None:
-    decoder_var = default_decoder_variance(alphas_cumprod, trajectory)
-  abar = np.asarray(alphas_cumprod, np.float64)
-  num_steps = len(abar) - 1
+  _, gamma2 = covariance.step_coefficients(alphas_cumprod, terms.s, terms.t, form, eta)
   k = len(terms.t)
   sigma2 = np.zeros((0, k)) if sigma2 is None else np.atleast_2d(np.asarray(sigma2, np.float64))
   if sigma2.shape[-1] != k or sigma2.ndim > 2:

@@ -177,21 +177,9 @@ def sample(eps_fn: EpsFn, x_T: jax.Array, rng: jax.Array, alphas_cumprod: np.nda
   Returns:
     x_0 samples, same shape as x_T.
   """
-  dtype = x_T.dtype
-  terms = step_terms(alphas_cumprod, trajectory)
-  coefs = tuple(jnp.asarray(c, dtype) for c in mean_coefs(alphas_cumprod, trajectory, form, eta))
-  t = jnp.asarray(terms.t, jnp.int32)
-  abar_t = jnp.asarray(terms.abar_t, dtype)
-  std = jnp.sqrt(jnp.maximum(jnp.asarray(sigma2, dtype), 0.0))  # sigma2 may be traced
-  num = len(terms.t)
-
-  def body(i, x):
-    k = num - 1 - i
-    mean, _, _ = reverse_mean(eps_fn, x, k, t, abar_t, coefs, clip_denoised)
-    noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, dtype)
-    return jnp.where(k > 0, mean + std[k] * noise, mean)
-
-  return jax.lax.fori_loop(0, num, body, x_T)
+  sigma2 = jnp.asarray(sigma2, x_T.dtype)  # may be traced
+  return sample_state_dependent(lambda x, n: (eps_fn(x, n), None), lambda k, eps, aux: sigma2[k],
+                                x_T, rng, alphas_cumprod, trajectory, form, eta, clip_denoised)
 
 
 # (x [B, ...], n [B]) -> (eps_hat [B, ...], aux): a noise predictor with extra outputs (e.g. the
