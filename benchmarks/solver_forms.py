@@ -38,15 +38,17 @@ if ROOT not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.integrate import solve_ivp  # noqa: E402
 
 from common import io  # noqa: E402
 from dpm.gmm import GaussianMixture  # noqa: E402
 from dpm.solver import DPMSolver, NoiseScheduleVP, model_wrapper  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import solver_gmm  # noqa: E402  (its ODE reference; same T_END and linear VP)
+
 NFES = tuple(range(5, 51))
-T_END = 1e-3
-BETA_0, BETA_1 = 0.1, 20.0
+T_END = solver_gmm.T_END
+BETA_0, BETA_1 = solver_gmm.BETA_0, solver_gmm.BETA_1
 BATCH = 128
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic")
@@ -72,23 +74,8 @@ def testbeds() -> dict[str, GaussianMixture]:
   }
 
 
-def _log_alpha(t):
-  return -0.25 * t ** 2 * (BETA_1 - BETA_0) - 0.5 * t * BETA_0
-
-
 def reference(gmm: GaussianMixture, x_T: np.ndarray) -> np.ndarray:
-  def rhs(t, y):
-    x = y.reshape(x_T.shape)
-    log_alpha = _log_alpha(t)
-    alpha, sigma = np.exp(log_alpha), np.sqrt(-np.expm1(2 * log_alpha))
-    beta = BETA_0 + t * (BETA_1 - BETA_0)
-    eps = np.asarray(gmm.eps(jnp.asarray(x), alpha, sigma), np.float64)
-    return (-0.5 * beta * x + 0.5 * beta / sigma * eps).ravel()
-  with jax.enable_x64(True):
-    sol = solve_ivp(rhs, (1.0, T_END), x_T.ravel().astype(np.float64), method="DOP853",
-                    rtol=1e-10, atol=1e-10)
-  assert sol.success, sol.message
-  return sol.y[:, -1].reshape(x_T.shape)
+  return solver_gmm.reference(x_T, gmm, tol=1e-10)
 
 
 def solve_all(ns, algorithm: str, order: int, spacing: str, form: str, rule: str):

@@ -42,18 +42,19 @@ BETA_0, BETA_1 = 0.1, 20.0
 GMM = default_mixture(2)
 
 
-def reference(x_T: np.ndarray) -> np.ndarray:
-  """Probability-flow ODE dx/dt = -beta/2 x + beta/(2 sigma) eps*(x, t), DOP853 at 1e-12."""
+def reference(x_T: np.ndarray, gmm=GMM, tol: float = 1e-12) -> np.ndarray:
+  """Probability-flow ODE dx/dt = -beta/2 x + beta/(2 sigma) eps*(x, t) of `gmm` under the linear
+  VP from t = 1 to T_END, DOP853 at rtol = atol = tol (float64)."""
   def rhs(t, y):
     x = y.reshape(x_T.shape)
     log_alpha = -0.25 * t ** 2 * (BETA_1 - BETA_0) - 0.5 * t * BETA_0
     alpha, sigma = np.exp(log_alpha), np.sqrt(-np.expm1(2 * log_alpha))
     beta = BETA_0 + t * (BETA_1 - BETA_0)
-    eps = np.asarray(GMM.eps(jnp.asarray(x), alpha, sigma), np.float64)
+    eps = np.asarray(gmm.eps(jnp.asarray(x), alpha, sigma), np.float64)
     return (-0.5 * beta * x + 0.5 * beta / sigma * eps).ravel()
   with jax.enable_x64(True):
     sol = solve_ivp(rhs, (1.0, T_END), x_T.ravel().astype(np.float64), method="DOP853",
-                    rtol=1e-12, atol=1e-12)
+                    rtol=tol, atol=tol)
   assert sol.success, sol.message
   return sol.y[:, -1].reshape(x_T.shape)
 
