@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
+
 from common.errors import ConfigError
 
 
@@ -24,6 +26,13 @@ def positive(config: Any, field: str, allow_zero: bool = False) -> None:
   if bad:
     bound = ">= 0" if allow_zero else "> 0"
     raise ConfigError(f"{field}={value!r} is invalid: expected a number {bound}")
+
+
+def integer(config: Any, field: str, low: int = 1) -> None:
+  """An int (not a bool) >= low."""
+  value = get_field(config, field)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ConfigError(f"{field}={value!r} is invalid: expected an integer >= {low}")
 
 
 def in_range(config: Any, field: str, low: float, high: float) -> None:

@@ -26,9 +26,9 @@ def validate(config) -> None:
   checks.one_of(config, "family", ["netdesign"])
   templates.TEMPLATES.get(checks.get_field(config, "template.kind"), field="template.kind")
   for f in ("template.nx", "template.ny"):
-    _integer(config, f, low=2)
+    checks.integer(config, f, low=2)
   checks.positive(config, "template.spacing")
-  _integer(config, "template.length_scale", low=1)
+  checks.integer(config, "template.length_scale", low=1)
   if len(checks.get_field(config, "sinks.points")) == 0:
     raise ConfigError("sinks.points is empty: give at least one sink [x, y]")
   checks.positive(config, "spec.coverage.range", allow_zero=True)
@@ -38,7 +38,7 @@ def validate(config) -> None:
   for name in spec_lib.FEATURE_NAMES:
     checks.one_of(config, f"spec.features.{name}.mode", spec_lib.FEATURE_MODES)
     checks.positive(config, f"spec.features.{name}.weight", allow_zero=True)
-    _integer(config, f"spec.features.{name}.count", low=0)
+    checks.integer(config, f"spec.features.{name}.count", low=0)
   checks.positive(config, "spec.traffic.weight", allow_zero=True)
   detour = checks.get_field(config, "spec.traffic.max_detour")
   if detour != 0 and detour < 1:
@@ -66,8 +66,8 @@ def _validate_model_and_solver(config) -> None:
                       f"labels), not {config.model.connectivity!r}; use 'mean_trip' or travel 0")
   solvers.SOLVERS.get(checks.get_field(config, "solver.name"), field="solver.name")
   checks.positive(config, "solver.time_limit")
-  _integer(config, "solver.threads", low=1)
-  _integer(config, "solver.seed", low=0)
+  checks.integer(config, "solver.threads", low=1)
+  checks.integer(config, "solver.seed", low=0)
   checks.in_range(config, "solver.cpsat_fraction", 0.0, 1.0)
   checks.in_range(config, "solver.rel_gap", 0.0, 1.0)
   try:
@@ -75,17 +75,11 @@ def _validate_model_and_solver(config) -> None:
   except ValueError as err:
     raise ConfigError(f"solver.cpsat_params={config.solver.cpsat_params!r} is not valid CP-SAT "
                       f"SatParameters text: {err}") from None
-  _integer(config, "alternatives.count", low=0)
-  _integer(config, "alternatives.min_hamming", low=1)
+  checks.integer(config, "alternatives.count", low=0)
+  checks.integer(config, "alternatives.min_hamming", low=1)
   for fmt in checks.get_field(config, "output.formats"):
     if fmt not in ("png", "svg"):
       raise ConfigError(f"output.formats contains {fmt!r}: expected 'png' and/or 'svg'")
-
-
-def _integer(config, field: str, low: int) -> None:
-  value = checks.get_field(config, field)
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-    raise ConfigError(f"{field}={value!r} is invalid: expected an integer >= {low}")
 
 
 def options(config) -> solvers.Options:
