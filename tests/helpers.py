@@ -20,6 +20,18 @@ TINY_DPM = [
 ]
 
 
+def apply_overrides(config, args=TINY_DPM):
+  """Applies `--config.section.field=value` overrides (as TINY_DPM's) to `config` in place, for
+  tests that run a family in-process instead of through main.py's flags."""
+  for arg in args:
+    key, value = arg[len("--config."):].split("=")
+    section, field = key.split(".")
+    old = config[section][field]
+    config[section][field] = (tuple(int(v) for v in value.strip("()").split(",") if v)
+                              if isinstance(old, tuple) else type(old)(value))
+  return config
+
+
 # Tests compile many small programs and run each a few times: XLA's CPU backend without its LLVM
 # optimisation passes compiles them about twice as fast, which halves the suite's CPU time
 # (measured: 243 s -> 136 s user CPU on the U-Net tests and one smoke config). The programs are

@@ -16,7 +16,7 @@ from tests import helpers
 from tests.test_dpm_main import _final_params
 
 ARGS = ["--config=configs/dpm/ddpm_mnist.py:smoke", *helpers.TINY_DPM,
-        "--config.train.num_steps=6", "--config.train.ckpt_every=3", "--config.train.eval_every=6",
+        "--config.train.num_steps=6", "--config.train.ckpt_every=6", "--config.train.eval_every=6",
         "--config.train.log_every=2"]
 
 

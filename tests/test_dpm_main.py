@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+import main
 from common.checkpoint import Checkpointer
+from configs.dpm import ddpm_mnist
 from tests import helpers
 
 CONFIG = "--config=configs/dpm/ddpm_mnist.py:smoke"
-RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=60",
+RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=40",
                "--config.train.ckpt_every=10", "--config.train.eval_every=1000",
                "--config.train.log_every=20"]
 
@@ -49,34 +51,37 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(d) for d in os.listdir(os.path.join(killed, "checkpoints")) if d.isdigit())
-  assert 20 in steps and 60 not in steps, f"the run was not stopped mid-way: {steps}"
+  assert 20 in steps and 40 not in steps, f"the run was not stopped mid-way: {steps}"
 
   result = helpers.run_main(*RESUME_ARGS, f"--workdir={killed}")  # the same command again
   assert result.returncode == 0, helpers.describe(result)
   assert "Restored checkpoint" in result.stderr and "4 device(s)" in result.stderr
   step_a, params_a = _final_params(full)
   step_b, params_b = _final_params(killed)
-  assert step_a == step_b == 60
+  assert step_a == step_b == 40
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
-  # The other modes reuse the latest checkpoint of the workdir, on main.py's default devices.
+  # The other modes reuse the latest checkpoint of the workdir. They run in this process through
+  # main.launch (the command line itself is exercised above and below).
+  def config(**sample):
+    c = helpers.apply_overrides(ddpm_mnist.get_config("smoke"))
+    c.sample.update(sample)
+    return c
+
   for sampler in ("ddpm", "dpm_solver++_2m"):
-    result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=sample",
-                              f"--config.sample.sampler={sampler}", "--config.sample.nfe=4")
-    assert result.returncode == 0, helpers.describe(result)
+    main.launch(config(sampler=sampler, nfe=4), killed, "sample")
   samples = sorted(f for f in os.listdir(os.path.join(killed, "samples")) if f.endswith(".npy"))
-  assert samples == ["step_0000060_ddpm_beta_even_K3.npy", "step_0000060_dpm_solver++_2m_nfe4.npy"]
+  assert samples == ["step_0000040_ddpm_beta_even_K3.npy", "step_0000040_dpm_solver++_2m_nfe4.npy"]
   for name in samples:
     assert np.isfinite(np.load(os.path.join(killed, "samples", name))).all()
-  result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=eval")
-  assert result.returncode == 0, helpers.describe(result)
-  assert os.path.exists(os.path.join(killed, "eval_step_0000060.json"))
-  result = helpers.run_main(CONFIG, *helpers.TINY_DPM, f"--workdir={killed}", "--mode=report",
-                            "--config.reports=analytic,solver")
-  assert result.returncode == 0, helpers.describe(result)
-  assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000060.json"))
-  assert os.path.exists(os.path.join(killed, "solver", "error_step_0000060.json"))
+  main.launch(config(), killed, "eval")
+  assert os.path.exists(os.path.join(killed, "eval_step_0000040.json"))
+  reports = config()
+  reports.reports = ("analytic", "solver")
+  main.launch(reports, killed, "report")
+  assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000040.json"))
+  assert os.path.exists(os.path.join(killed, "solver", "error_step_0000040.json"))
 
 
 @pytest.mark.parametrize("override,message", [

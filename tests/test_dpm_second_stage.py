@@ -78,13 +78,7 @@ def test_heads_trained_on_the_mixture_reach_the_closed_form_moments(tmp_path):
 
 
 def _tiny_config(stage1_dir: str = ""):
-  c = sn_npr_mnist.get_config("smoke")
-  for arg in helpers.TINY_DPM:
-    key, value = arg[len("--config."):].split("=")
-    section, field = key.split(".")
-    old = c[section][field]
-    c[section][field] = (tuple(int(v) for v in value.strip("()").split(",") if v)
-                         if isinstance(old, tuple) else type(old)(value))
+  c = helpers.apply_overrides(sn_npr_mnist.get_config("smoke"))
   c.train.update(num_steps=3, ckpt_every=3, eval_every=1000)
   c.sn_npr.update(num_steps=3)
   c.reports = ()

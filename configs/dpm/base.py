@@ -125,13 +125,13 @@ def smoke(c: ConfigDict, image_size: int = 28) -> ConfigDict:
   c.data.batch_size = 16
   c.diffusion.num_steps = 100  # fewer timesteps for Gamma and the NLL; the plumbing is the same
   c.optim.warmup_steps = 2
-  c.train.update(num_steps=6, log_every=2, ckpt_every=3, eval_every=6)
+  c.train.update(num_steps=6, log_every=2, ckpt_every=6, eval_every=6)  # one save: orbax ~3 s
   c.sample.update(num_samples=16, num_steps=10, eval_steps=5)
   c.eval.update(num_examples=64, batch_size=32, num_samples=32)
   c.analytic.update(gamma_examples=16, gamma_batch=16, ks=(2, 5), nll_examples=16, nll_batch=16,
                     grid_ks=(3,), grid_samples=4)
   c.solver.update(nfes=(4,), num_samples=4, reference_nfe=8, methods=("dpm_solver_1", "dpm_solver++_2m"))
-  c.sn_npr.update(num_steps=4, log_every=2, ckpt_every=2, moment_examples=8, moment_batch=8,
+  c.sn_npr.update(num_steps=4, log_every=2, ckpt_every=4, moment_examples=8, moment_batch=8,
                   ks=(2, 5), nll_examples=16, nll_batch=16, grid_ks=(3,), grid_samples=4,
                   variances=("beta_tilde", "analytic", "npr", "sn"), dp_variances=("npr",))
   c.sn_npr.optim.warmup_steps = 1
