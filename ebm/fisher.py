@@ -39,6 +39,7 @@ Exports (main process, atomic, common.io):
   `stderr_oracle_critic` (the objective at f* = s_theta - s_D with the same score estimate and
   Hutchinson probes: the score estimate's error alone, no critic error); and `score`, `step`, `dim`,
   `num_hidden`, `num_test`, `particles`, `inner_steps`.
+- workdir/fisher.png: the estimates (2 s.e.) and the exact value against the perturbation.
 - workdir/fisher.npz: `train` [N_train, d], `val` [N_val, d], `test` [N_test, d] (the data),
   `perturbation` [S], and the perturbed GRBMs stacked over scales in ebm.grbm's pinned form
   E(v, h) = sum (v - b)^2 / (2 sigma^2) - c^T h - v^T W h: `W` [S, d, m], `b` [S, d], `c` [S, m],
@@ -69,7 +70,7 @@ from common.registry import Registry
 from ebm import bism, experiment, grbm, posteriors, vages
 
 MODES: Registry = Registry("ebm fisher mode")
-RESULTS, ARRAYS = "results.json", "fisher.npz"
+RESULTS, ARRAYS, FIGURE = "results.json", "fisher.npz", "fisher.png"
 
 ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("critic activation")
 ACTIVATIONS.add("elu", jax.nn.elu)
@@ -472,6 +473,27 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
   return out
 
 
+def plot(results: dict[str, Any], path: str) -> None:
+  """fisher.png: the estimates (2 standard errors) and the exact value against the perturbation."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  x = np.asarray(results["perturbation"])
+  fig, ax = plt.subplots(figsize=(4.5, 3.4))
+  ax.plot(x, results["exact"], "k-", label="exact (closed form)")
+  ax.errorbar(x, results["estimate"], yerr=2 * np.asarray(results["stderr"]), fmt="o", ms=4,
+              capsize=3, label=f"critic on the {results['score']} score")
+  if "estimate_exact_score" in results:
+    ax.plot(x, results["estimate_exact_score"], "x", label="critic on the exact score")
+  ax.set_xlabel("perturbation")
+  ax.set_ylabel("Fisher divergence (nats)")
+  ax.set_title(f"GRBM Fisher divergence, d = {results['dim']}", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  io.atomic_save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
 def export(config, workdir: str, testbed: Testbed, parts: Parts, state, step: int
            ) -> dict[str, Any]:
   """Writes fisher.npz and results.json; returns the results."""
@@ -485,6 +507,7 @@ def export(config, workdir: str, testbed: Testbed, parts: Parts, state, step: in
             "perturbation": testbed.perturbation, **testbed.params._asdict()}
   io.on_main_process(os.path.join(workdir, ARRAYS), lambda f: io.atomic_save_npz(f, **arrays))
   io.on_main_process(os.path.join(workdir, RESULTS), lambda f: io.atomic_write_json(f, results))
+  io.on_main_process(os.path.join(workdir, FIGURE), lambda f: plot(results, f))
   for i, x in enumerate(results["perturbation"]):
     extra = ""
     if "estimate_exact_score" in results:

@@ -169,6 +169,7 @@ def test_exports_have_the_pinned_keys_and_recompute_the_exact_values(run_dir):
     r = json.load(f)
   for key in ("perturbation", "exact", "estimate", "stderr"):
     assert len(r[key]) == 3, key
+  assert (run_dir / "fisher.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   z = np.load(run_dir / "fisher.npz")
   for key in ("train", "val", "test", "perturbation", "W", "b", "c", "sigma"):
     assert key in z.files, key
