@@ -8,6 +8,8 @@ here (skipped when sn_npr.init_from names a trained one), then SN/NPR-DPM's cova
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from typing import Callable
@@ -169,7 +171,7 @@ def train(config, workdir: str):
     from dpm import second_stage
     second_stage.train(config, workdir, setup)
   if reports.names(config):
-    return run_reports(config, workdir, setup)
+    return run_reports(config, workdir, setup, skip_done=True)
   return {}
 
 
@@ -206,20 +208,56 @@ def train_stage1(config, workdir: str, setup: Setup):
   return train_lib.fit(setup.program, config, workdir, batches, hooks, mesh=setup.mesh, keys=keys)
 
 
-def run_reports(config, workdir: str, setup: Setup | None = None) -> dict:
+DONE_FILE = "reports_done.json"   # {report name: {"key": ..., "result": ...}} of train-mode runs
+
+
+def _report_key(config, workdir: str) -> str:
+  """What a report's result depends on: the whole config and the finished checkpoints of the
+  workdir's stages (and of sn_npr.init_from's), as a hash."""
+  dirs = [workdir] + ([config.sn_npr.init_from] if config.sn_npr.init_from else [])
+  found = []
+  for top in dirs:
+    for root, subdirs, _ in os.walk(top):
+      if os.path.basename(root) == "checkpoints":
+        found += [os.path.join(os.path.relpath(root, top), d) for d in subdirs if d.isdigit()]
+        subdirs[:] = []
+  text = json.dumps([config.to_json(sort_keys=True), sorted(found)])
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_reports(config, workdir: str, setup: Setup | None = None, skip_done: bool = False) -> dict:
   """Runs config.reports on the EMA model of the latest checkpoint (the 'sn_npr' report reads
-  the stage-2 heads and their U-Net itself, which may live in sn_npr.init_from)."""
-  setup = setup or Setup(config)
-  stage1 = [n for n in reports.names(config) if n != "sn_npr"]
-  model, step = setup.restore(workdir) if stage1 else (None, None)
+  the stage-2 heads and their U-Net itself, which may live in sn_npr.init_from).
+
+  With `skip_done` (a rerun of the train command), a report already made from the same config and
+  the same checkpoints (recorded in workdir/reports_done.json) is not recomputed: its recorded
+  result is returned. `--mode=report` always recomputes."""
+  done_path = os.path.join(workdir, DONE_FILE)
+  done = {}
+  if os.path.exists(done_path):
+    with open(done_path) as f:
+      done = json.load(f)
+  key = _report_key(config, workdir)
+  todo = [n for n in reports.names(config)
+          if not (skip_done and done.get(n, {}).get("key") == key)]
   out = {}
   for name in reports.names(config):
+    if name not in todo:
+      logging.info("Report %r already done from this config and these checkpoints (%s); "
+                   "--mode=report recomputes it.", name, done_path)
+      out[name] = done[name]["result"]
+  setup = (setup or Setup(config)) if todo else setup
+  stage1 = [n for n in todo if n != "sn_npr"]
+  model, step = setup.restore(workdir) if stage1 else (None, None)
+  for name in todo:
     t0 = time.time()
     logging.info("Report %r on the model of step %s...", name,
                  "(stage 2's newest)" if name == "sn_npr" else step)
     out[name] = reports.REPORTS.get(name, field="reports")(setup, model, step, workdir)
     logging.info("Report %r done in %.1fs.", name, time.time() - t0)
-  return out
+    done[name] = {"key": key, "result": out[name]}
+    io.on_main_process(done_path, lambda p: io.atomic_write_json(p, done))
+  return {name: out[name] for name in reports.names(config)}
 
 
 @MODES.register("report")

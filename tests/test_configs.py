@@ -56,3 +56,5 @@ def test_smoke_variant_runs_and_a_rerun_resumes(path, tmp_path, caplog):
   with caplog.at_level("INFO"):
     main.launch(config, str(tmp_path), "train")  # the same command again
   assert any(word in caplog.text for word in RERUN), f"{path}: a rerun says nothing of resuming"
+  if config.family == "dpm" and config.reports:   # the reports are not recomputed either
+    assert "already done from this config" in caplog.text, f"{path}: a rerun redid its reports"

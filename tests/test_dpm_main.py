@@ -17,7 +17,7 @@ from tests import helpers
 
 CONFIG = "--config=configs/dpm/ddpm_mnist.py:smoke"
 RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=40",
-               "--config.train.ckpt_every=10", "--config.train.eval_every=1000",
+               "--config.train.ckpt_every=20", "--config.train.eval_every=1000",
                "--config.train.log_every=20"]
 
 
@@ -82,6 +82,18 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   main.launch(reports, killed, "report")
   assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000040.json"))
   assert os.path.exists(os.path.join(killed, "solver", "error_step_0000040.json"))
+
+
+def test_a_report_is_redone_when_its_config_or_checkpoints_change(tmp_path):
+  from dpm import experiment
+  config = ddpm_mnist.get_config("smoke")
+  key = experiment._report_key(config, str(tmp_path))
+  assert experiment._report_key(config, str(tmp_path)) == key
+  os.makedirs(tmp_path / "checkpoints" / "6")
+  with_ckpt = experiment._report_key(config, str(tmp_path))
+  assert with_ckpt != key
+  config.analytic.ks = (2,)
+  assert experiment._report_key(config, str(tmp_path)) != with_ckpt
 
 
 @pytest.mark.parametrize("override,message", [
