@@ -31,8 +31,9 @@ def _median_ms(fn, repeats: int) -> float:
   return 1e3 * float(np.median(times))
 
 
-def step_fn(method: str, unroll: int):
-  """One compiled runner step of `method` as call(i) -> metrics (state carried, donated)."""
+def step_fn(method: str, unroll: int, particles: int | None = None):
+  """One compiled runner step of `method` as call(i) -> metrics (state carried, donated);
+  `unroll` is BiSM's N, `particles` VaGES's L (None: the config's)."""
   import jax
   import jax.numpy as jnp
   from configs.ebm import grbm_checkerboard
@@ -40,6 +41,8 @@ def step_fn(method: str, unroll: int):
   config = grbm_checkerboard.get_config()
   config.method = method
   config.loss.unroll_steps = unroll
+  if particles is not None:
+    config.loss.vages_particles = particles
   s = experiment.setup(config)
   prog = s.program
   step = jax.jit(prog.step, donate_argnums=0)

@@ -59,7 +59,7 @@ class Method(NamedTuple):
 
 
 METHODS: Registry[Method] = Registry("EBM training method")
-for _name in ("cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "ml"):
+for _name in ("cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "ksd", "ml"):
   METHODS.add(_name, Method("single"))
 METHODS.add("nce", Method("single", log_z=True))
 for _name in ("bissm", "bidsm", "bimdsm"):
@@ -98,6 +98,10 @@ def validate(config) -> None:
     vages.validate(loss_cfg(config), prefix="loss")
   else:
     losses.validate(loss_cfg(config), config.method, prefix="loss")
+  if config.method.endswith("ksd") and config.data.batch_size % 2:
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is invalid for method "
+                      f"{config.method!r}: the paired KSD splits each batch in halves (expected "
+                      "an even number)")
   if config.data.name != "checkerboard":
     raise ConfigError(f"data.name={config.data.name!r} is invalid: the GRBM runner trains on "
                       "'checkerboard' (Frey face and MNIST are still to come, ebm/README.md)")

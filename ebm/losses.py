@@ -44,7 +44,7 @@ from flax import nnx
 
 from common.errors import ConfigError
 from common.registry import Registry
-from ebm import grbm, samplers
+from ebm import grbm, ksd, samplers
 
 # The official checkerboard settings (../shared/papers/sources/bism.md).
 DEFAULTS: dict[str, Any] = {
@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma_spacing": "geometric",
     "sigma0": 0.05,
     "nu": 1,                      # nce: noise samples per data point
+    "bandwidth": ksd.BANDWIDTH,   # ksd: RBF kernel bandwidth
 }
 
 
@@ -252,6 +253,17 @@ def exact_ml_loss(model, v, rng, cfg, carry=None):
 LOSSES.add("ml", LossSpec(exact_ml_loss))
 
 
+def ksd_loss(model, v, rng, cfg, carry=None):
+  """The kernelized Stein discrepancy with the exact free-energy score (RBF kernel of bandwidth
+  `bandwidth`, the batch split in paired halves): the reference row of VaGES-KSD."""
+  del rng
+  value = ksd.ksd_paired_fn(free_energy_score_fn(model), v, setting(cfg, "bandwidth"))
+  return value, ({"loss": value}, carry)
+
+
+LOSSES.add("ksd", LossSpec(ksd_loss))
+
+
 # ---------------------------------------------------------------------------------------------
 # Noise-contrastive estimation.
 
@@ -373,6 +385,8 @@ def validate(cfg: Mapping, method: str, prefix: str = "loss") -> None:
     one_of("sigma_spacing", ("geometric", "linear"))
   if method.endswith("ssm"):
     one_of("projection", ("rademacher", "gaussian"))
+  if method.endswith("ksd"):
+    positive("bandwidth")
   if method in ("nce", "vnce"):
     nu = setting(cfg, "nu")
     if not (isinstance(nu, (int, np.integer)) and nu >= 1):

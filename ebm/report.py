@@ -14,7 +14,7 @@ import os
 import sys
 
 ORDER = ("cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "nce", "bissm", "bidsm", "bimdsm",
-         "vnce", "ml")
+         "vnce", "vages_dsm", "vages_mdsm", "vages_ksd", "ksd", "ml")
 
 
 def load(sweep_dir: str) -> dict[str, dict]:

@@ -2,7 +2,8 @@
 
 Command:   python main.py --config=configs/ebm/grbm_checkerboard.py --workdir=runs/ebm_dsm \
                --config.method=dsm      (any of cd1 cd5 cd10 pcd1 ssm dsm mdsm nce bissm bidsm
-               bimdsm, and vnce, ml = exact maximum likelihood)
+               bimdsm, and vnce, vages_dsm, vages_mdsm, vages_ksd, ksd = KSD with the exact score,
+               ml = exact maximum likelihood)
            python -m common.sweep --config=configs/ebm/grbm_checkerboard.py --workdir=runs/ebm_table
                (every method, 5 seeds vmapped in each run; table: python -m ebm.report runs/ebm_table)
 Hardware:  2-core CPU container; one method's run takes under 2 minutes (ebm/README.md).
@@ -20,6 +21,8 @@ from configs.ebm import base
 
 METHOD_NAMES = ("cd1", "cd5", "cd10", "pcd1", "ssm", "dsm", "mdsm", "nce", "bissm", "bidsm",
                 "bimdsm")
+VAGES_NAMES = ("vages_dsm", "vages_mdsm", "vages_ksd")   # issue 15's plug-ins, same budget
+# ksd: KSD with the exact free-energy score, the reference of vages_ksd
 TABLE_SEEDS = 5
 
 
@@ -33,7 +36,7 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  """Every method of the table (the pinned names, then variational NCE and the exact
-  maximum-likelihood reference), seeds 0..4 vmapped in each run."""
+  """Every method of the table (the pinned names, then variational NCE, the VaGES plug-ins and the
+  exact maximum-likelihood reference), seeds 0..4 vmapped in each run."""
   return [{"method": m, "seed": 0, "train.num_seeds": TABLE_SEEDS}
-          for m in METHOD_NAMES + ("vnce", "ml")]
+          for m in METHOD_NAMES + ("vnce",) + VAGES_NAMES + ("ksd", "ml")]
