@@ -16,9 +16,9 @@ from configs.dpm import ddpm_mnist
 from tests import helpers
 
 CONFIG = "--config=configs/dpm/ddpm_mnist.py:smoke"
-RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=40",
-               "--config.train.ckpt_every=20", "--config.train.eval_every=1000",
-               "--config.train.log_every=20"]
+RESUME_ARGS = [CONFIG, *helpers.TINY_DPM, "--config.train.num_steps=20",
+               "--config.train.ckpt_every=10", "--config.train.eval_every=1000",
+               "--config.train.log_every=10"]
 
 
 def _final_params(workdir):
@@ -45,20 +45,20 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = Checkpointer(os.path.join(killed, "checkpoints"))
   deadline = time.time() + 400
-  while not (os.path.isdir(ckpt.step_dir(20)) and ckpt.is_finalized(20)) and proc.poll() is None \
+  while not (os.path.isdir(ckpt.step_dir(10)) and ckpt.is_finalized(10)) and proc.poll() is None \
       and time.time() < deadline:
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(d) for d in os.listdir(os.path.join(killed, "checkpoints")) if d.isdigit())
-  assert 20 in steps and 40 not in steps, f"the run was not stopped mid-way: {steps}"
+  assert 10 in steps and 20 not in steps, f"the run was not stopped mid-way: {steps}"
 
   result = helpers.run_main(*RESUME_ARGS, f"--workdir={killed}")  # the same command again
   assert result.returncode == 0, helpers.describe(result)
   assert "Restored checkpoint" in result.stderr and "4 device(s)" in result.stderr
   step_a, params_a = _final_params(full)
   step_b, params_b = _final_params(killed)
-  assert step_a == step_b == 40
+  assert step_a == step_b == 20
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -72,16 +72,16 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   for sampler in ("ddpm", "dpm_solver++_2m"):
     main.launch(config(sampler=sampler, nfe=4), killed, "sample")
   samples = sorted(f for f in os.listdir(os.path.join(killed, "samples")) if f.endswith(".npy"))
-  assert samples == ["step_0000040_ddpm_beta_even_K3.npy", "step_0000040_dpm_solver++_2m_nfe4.npy"]
+  assert samples == ["step_0000020_ddpm_beta_even_K3.npy", "step_0000020_dpm_solver++_2m_nfe4.npy"]
   for name in samples:
     assert np.isfinite(np.load(os.path.join(killed, "samples", name))).all()
   main.launch(config(), killed, "eval")
-  assert os.path.exists(os.path.join(killed, "eval_step_0000040.json"))
+  assert os.path.exists(os.path.join(killed, "eval_step_0000020.json"))
   reports = config()
   reports.reports = ("analytic", "solver")
   main.launch(reports, killed, "report")
-  assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000040.json"))
-  assert os.path.exists(os.path.join(killed, "solver", "error_step_0000040.json"))
+  assert os.path.exists(os.path.join(killed, "analytic", "nll_step_0000020.json"))
+  assert os.path.exists(os.path.join(killed, "solver", "error_step_0000020.json"))
 
 
 def test_a_report_is_redone_when_its_config_or_checkpoints_change(tmp_path):
