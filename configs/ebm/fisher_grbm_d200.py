@@ -2,8 +2,7 @@
 
 Command:   python main.py --config=configs/ebm/fisher_grbm_d200.py --workdir=runs/ebm_fisher_d200
 Hardware:  one GPU (the official runs: one GPU per scale); the six scales are vmapped in one
-           program. On the 2-core CPU container expect about 13 minutes (26 steps/s measured
-           over 300 steps).
+           program. On the 2-core CPU container 17 minutes (1,027 s measured, 2026-12-03).
 Setting:   the official `run_grbm_fisher.py` exactly (configs/ebm/fisher_grbm.py at d = 200): data
            N(0, I) 16k / 2k / 2k, GRBM m = d = 200, sigma = 1, perturbations 0, 0.2, ..., 1.0;
            3-layer ELU critic; Adam lr 2e-4; 20,000 minibatches of 100; VaES L = 1, K = 5 (-ELBO).
