@@ -211,7 +211,7 @@ def train_stage1(config, workdir: str, setup: Setup):
 DONE_FILE = "reports_done.json"   # {report name: {"key": ..., "result": ...}} of train-mode runs
 
 
-def _report_key(config, workdir: str) -> str:
+def report_key(config, workdir: str) -> str:
   """What a report's result depends on: the whole config and the finished checkpoints of the
   workdir's stages (and of sn_npr.init_from's), as a hash."""
   dirs = [workdir] + ([config.sn_npr.init_from] if config.sn_npr.init_from else [])
@@ -237,7 +237,7 @@ def run_reports(config, workdir: str, setup: Setup | None = None, skip_done: boo
   if os.path.exists(done_path):
     with open(done_path) as f:
       done = json.load(f)
-  key = _report_key(config, workdir)
+  key = report_key(config, workdir)
   todo = [n for n in reports.names(config)
           if not (skip_done and done.get(n, {}).get("key") == key)]
   out = {}
@@ -246,7 +246,8 @@ def run_reports(config, workdir: str, setup: Setup | None = None, skip_done: boo
       logging.info("Report %r already done from this config and these checkpoints (%s); "
                    "--mode=report recomputes it.", name, done_path)
       out[name] = done[name]["result"]
-  setup = (setup or Setup(config)) if todo else setup
+  if todo:
+    setup = setup or Setup(config)
   stage1 = [n for n in todo if n != "sn_npr"]
   model, step = setup.restore(workdir) if stage1 else (None, None)
   for name in todo:

@@ -386,7 +386,9 @@ def validate(cfg: Mapping, method: str, prefix: str = "loss") -> None:
   if method.endswith("ssm"):
     one_of("projection", ("rademacher", "gaussian"))
   if method.endswith("ksd"):
-    positive("bandwidth")
+    bandwidth = setting(cfg, "bandwidth")
+    if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+      raise ConfigError(f"{prefix}.bandwidth={bandwidth!r} is invalid: expected a number > 0")
   if method in ("nce", "vnce"):
     nu = setting(cfg, "nu")
     if not (isinstance(nu, (int, np.integer)) and nu >= 1):

@@ -42,7 +42,6 @@ unlike BiSM, the theta-gradient does not go through phi.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -307,9 +306,4 @@ def validate(cfg: Mapping, prefix: str = "loss") -> None:
   if setting(cfg, "lower") not in ("kl", "fisher"):
     raise ConfigError(f"{prefix}.lower={setting(cfg, 'lower')!r} is invalid: "
                       "expected 'kl' or 'fisher'")
-  if method == "vages_ksd":
-    bandwidth = setting(cfg, "bandwidth")
-    if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
-      raise ConfigError(f"{prefix}.bandwidth={bandwidth!r} is invalid: expected a number > 0")
-  else:
-    losses.validate(cfg, method.removeprefix("vages_"), prefix)
+  losses.validate(cfg, method.removeprefix("vages_"), prefix)

@@ -87,13 +87,13 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 def test_a_report_is_redone_when_its_config_or_checkpoints_change(tmp_path):
   from dpm import experiment
   config = ddpm_mnist.get_config("smoke")
-  key = experiment._report_key(config, str(tmp_path))
-  assert experiment._report_key(config, str(tmp_path)) == key
+  key = experiment.report_key(config, str(tmp_path))
+  assert experiment.report_key(config, str(tmp_path)) == key
   os.makedirs(tmp_path / "checkpoints" / "6")
-  with_ckpt = experiment._report_key(config, str(tmp_path))
+  with_ckpt = experiment.report_key(config, str(tmp_path))
   assert with_ckpt != key
   config.analytic.ks = (2,)
-  assert experiment._report_key(config, str(tmp_path)) != with_ckpt
+  assert experiment.report_key(config, str(tmp_path)) != with_ckpt
 
 
 @pytest.mark.parametrize("override,message", [
