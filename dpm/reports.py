@@ -27,10 +27,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from common import checks, io
+from common import checks, io, mesh as mesh_lib
 from common.errors import ConfigError, DataError
 from common.registry import Registry
-from dpm import analytic, nll, process as process_lib, reverse, samplers
+from dpm import analytic, nll, process as process_lib, quality, reverse, samplers
 
 REPORTS: Registry = Registry("dpm report")
 
@@ -81,6 +81,53 @@ def _figure_of_grids(path: str, panels: dict[tuple[str, str], np.ndarray], title
   fig.tight_layout()
   io.atomic_save_figure(fig, path, dpi=110)
   plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample quality columns (eval.metric: the offline FD or FID, dpm/quality.py)
+
+
+def _quality(scorer: quality.Scorer, label: str, batches) -> dict[str, Any]:
+  """One row of sample quality: the scorer's value, floor and extras for streamed sample batches."""
+  t0 = time.time()
+  row = dict(metric=scorer.name, **scorer(batches))
+  logging.info("%s: %s %.3f over %d samples (%.1fs)", label, row["metric"], row["value"],
+               row["num_samples"], time.time() - t0)
+  return row
+
+
+def _quality_markdown(rows: list[dict[str, Any]], steps_label: str, title: str) -> str:
+  """Rows (each with 'label', 'steps', 'value', 'extra') as a table: a row per label, a column per
+  step count; the classifier's confident fraction beside each value where there is one."""
+  steps = sorted({r["steps"] for r in rows})
+  lines = [title, "", "| sampler | " + " | ".join(f"{steps_label}={k}" for k in steps) + " |",
+           "| --- |" + " --- |" * len(steps)]
+  for label in dict.fromkeys(r["label"] for r in rows):
+    cells = []
+    for k in steps:
+      r = next((r for r in rows if r["label"] == label and r["steps"] == k), None)
+      conf = r and r["extra"].get("fraction_confident_0.9")
+      cells.append("" if r is None else f"{r['value']:.2f}" +
+                   ("" if conf is None else f" ({conf:.2f})"))
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  floor = rows[0].get("floor") if rows else None
+  if floor is not None:
+    lines += ["", f"Floor: the real test split scores {floor:.2f} against the train split. In "
+              "brackets: the fraction of samples the classifier labels with confidence >= 0.9."]
+  return "\n".join(lines) + "\n"
+
+
+def _quality_batches(num: int, batch: int):
+  """(index, size) of the batches of `num` samples, `batch` at a time."""
+  return [(i, min(batch, num - i * batch)) for i in range(-(-num // batch))]
+
+
+def _noise(setup, key: jax.Array, size: int) -> jax.Array:
+  """x_T [size, *data shape], split over the mesh's devices where the size allows (single host)."""
+  x = jax.random.normal(key, (size,) + tuple(setup.data.shape))
+  if size % setup.mesh.size == 0 and jax.process_count() == 1:
+    x = jax.device_put(x, mesh_lib.batch_sharding(setup.mesh))
+  return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,21 +333,66 @@ def analytic_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[s
                     f"data.name={config.data.name!r}")
   eps = eps_partial(model, setup.process)
   gamma = gamma_for(setup, eps, step, workdir)
-  rows = nll_table(setup, eps, gamma, step)
-  table = nll_markdown(rows)
-  stem = f"analytic/nll_step_{step:07d}"
   result = dict(step=step, dataset=config.data.name, schedule=config.diffusion.schedule,
                 gamma_examples=int(config.analytic.gamma_examples),
                 gamma_estimate=config.analytic.gamma_estimate,
-                reliable_prefix=analytic.reliable_prefix(gamma), rows=rows)
-  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, result))
-  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
-  _write(workdir, stem + ".png", lambda p: _nll_plot(
-      p, rows, f"{config.data.name}, step {step}: NLL bound vs K (even --, DP -)"))
-  logging.info("Analytic-DPM NLL (bits/dim) at step %d:\n%s", step, table)
+                reliable_prefix=analytic.reliable_prefix(gamma), rows=[])
+  if config.analytic.ks:  # () skips the NLL table (hours on a CPU), e.g. for the quality columns
+    rows = result["rows"] = nll_table(setup, eps, gamma, step)
+    table = nll_markdown(rows)
+    stem = f"analytic/nll_step_{step:07d}"
+    _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, result))
+    _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
+    _write(workdir, stem + ".png", lambda p: _nll_plot(
+        p, rows, f"{config.data.name}, step {step}: NLL bound vs K (even --, DP -)"))
+    logging.info("Analytic-DPM NLL (bits/dim) at step %d:\n%s", step, table)
   if config.analytic.grid_ks:
     analytic_grids(setup, eps, gamma, step, workdir)
+  if config.analytic.quality_samples:
+    result["quality"] = analytic_quality(setup, eps, gamma, step, workdir)
   return result
+
+
+def analytic_quality(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> list[dict]:
+  """Sample quality at each K of analytic.quality_ks for DDPM (the fixed baseline), Analytic-DDPM,
+  DDIM (eta 0) and Analytic-DDIM, the Analytic-DPM paper's FID table in shape; every sampler draws
+  batch i from the same x_T and per-step noise."""
+  config = setup.config
+  cfg = config.analytic
+  n = config.diffusion.num_steps
+  key = process_lib.of(config)
+  rng = jax.random.key(cfg.quality_seed)
+  batches = _quality_batches(int(cfg.quality_samples), int(cfg.quality_batch))
+  scorer = quality.Scorer(config, workdir, setup.data)
+  rows = []
+  for k in cfg.quality_ks:
+    traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
+    for label, form, name in ((f"DDPM ({cfg.ddpm_baseline})", "ddpm", cfg.ddpm_baseline),
+                              ("Analytic-DDPM", "ddpm", "analytic"),
+                              ("DDIM (eta 0)", "ddim", "ddim"),
+                              ("Analytic-DDIM", "ddim", "analytic")):
+      sigma2 = jnp.asarray(variance_for(config, name, traj, form, 0.0, gamma), jnp.float32)
+      run = _reverse_sampler(key, tuple(int(t) for t in traj), form, 0.0,
+                             bool(config.sample.clip_denoised))
+
+      def images(run=run, sigma2=sigma2):
+        for i, size in batches:
+          r = jax.random.fold_in(rng, i)
+          x_T = _noise(setup, jax.random.fold_in(r, 0), size)
+          yield np.asarray(jax.device_get(run(eps, x_T, jax.random.fold_in(r, 1), sigma2)))
+
+      row = _quality(scorer, f"{label}, K={k}", images())
+      rows.append(dict(label=label, form=form, variance=name, steps=int(k),
+                       trajectory=config.sample.trajectory, **row))
+  title = (f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
+           f"{cfg.quality_samples} samples per entry, {config.sample.trajectory} trajectory, "
+           "the same noise for every sampler.")
+  table = _quality_markdown(rows, "K", title)
+  stem = f"analytic/quality_step_{step:07d}"
+  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, dict(step=step, rows=rows)))
+  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
+  logging.info("Analytic-DPM sample quality at step %d:\n%s", step, table)
+  return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,6 +402,7 @@ def analytic_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[s
 def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str, Any]:
   config = setup.config
   cfg = config.solver
+  thresholding = cfg.thresholding or config.sample.thresholding
   graphdef, state = nnx.split(model)
   shape = (cfg.num_samples,) + tuple(setup.data.shape)
   x_T = jax.random.normal(jax.random.key(cfg.seed), shape)
@@ -322,7 +415,7 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
       t0 = time.time()
       references[t_end] = np.asarray(samplers.solve(
           samplers.solver_method(cfg.reference_method, "solver.reference_method"), setup.process,
-          graphdef, cfg.reference_nfe, t_end)(state, x_T))
+          graphdef, cfg.reference_nfe, t_end, thresholding)(state, x_T))
       logging.info("Reference: %s at %d NFE to t_end=%g in %.1fs.", cfg.reference_method,
                    cfg.reference_nfe, t_end, time.time() - t0)
     return references[t_end]
@@ -333,7 +426,7 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
       t0 = time.time()
       t_end = samplers.solver_end_time(setup.process, int(nfe))
       images = np.asarray(samplers.solve(samplers.solver_method(method), setup.process, graphdef,
-                                         int(nfe), t_end)(state, x_T))
+                                         int(nfe), t_end, thresholding)(state, x_T))
       rmse = float(np.sqrt(np.mean((images - reference_at(t_end)) ** 2)))
       rows.append(dict(method=method, nfe=int(nfe), t_end=t_end, rmse_to_reference=rmse))
       logging.info("%s, NFE %d: RMSE to reference %.4f (%.1fs with compile)", method, nfe, rmse,
@@ -346,7 +439,8 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
   nfes = sorted({r["nfe"] for r in rows})
   ends = ", ".join(f"NFE {r['nfe']}: {r['t_end']:g}" for r in rows if r["method"] == cfg.methods[0])
   lines = [f"RMSE per pixel (data in [-1, 1]) to {cfg.reference_method} at {cfg.reference_nfe} NFE "
-           f"to the same end time ({ends}), {cfg.num_samples} samples from the same x_T.", "",
+           f"to the same end time ({ends}), {cfg.num_samples} samples from the same x_T, "
+           f"thresholding {thresholding}.", "",
            "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
            "| --- |" + " --- |" * len(nfes)]
   for method in cfg.methods:
@@ -354,11 +448,46 @@ def solver_report(setup, model: nnx.Module, step: int, workdir: str) -> dict[str
     lines.append(f"| {method} | " + " | ".join(f"{vals[n]:.4f}" for n in nfes) + " |")
   table = "\n".join(lines) + "\n"
   result = dict(step=step, reference_method=cfg.reference_method,
-                reference_nfe=int(cfg.reference_nfe), rows=rows)
+                reference_nfe=int(cfg.reference_nfe), thresholding=thresholding, rows=rows)
   _write(workdir, f"solver/error_step_{step:07d}.json", lambda p: io.atomic_write_json(p, result))
   _write(workdir, f"solver/error_step_{step:07d}.md", lambda p: io.atomic_write_text(p, table))
   logging.info("DPM-Solver on the model of step %d:\n%s", step, table)
+  if cfg.quality_samples:
+    result["quality"] = solver_quality(setup, graphdef, state, step, workdir, thresholding)
   return result
+
+
+def solver_quality(setup, graphdef, state, step: int, workdir: str, thresholding: str) -> list:
+  """Sample quality of each of solver.methods at each of solver.nfes (the DPM-Solver paper's FID
+  vs NFE in shape), batch i of every method from the same x_T."""
+  config = setup.config
+  cfg = config.solver
+  rng = jax.random.key(cfg.seed + 1)
+  batches = _quality_batches(int(cfg.quality_samples), int(cfg.quality_batch))
+  scorer = quality.Scorer(config, workdir, setup.data)
+  rows = []
+  for method in cfg.methods:
+    for nfe in cfg.nfes:
+      run = samplers.solve(samplers.solver_method(method), setup.process, graphdef, int(nfe),
+                           samplers.solver_end_time(setup.process, int(nfe)), thresholding)
+
+      def images(run=run):
+        for i, size in batches:
+          x_T = _noise(setup, jax.random.fold_in(rng, i), size)
+          yield np.asarray(jax.device_get(run(state, x_T)))
+
+      row = _quality(scorer, f"{method}, NFE {nfe}", images())
+      rows.append(dict(label=method, method=method, steps=int(nfe), thresholding=thresholding,
+                       **row))
+  title = (f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
+           f"{cfg.quality_samples} samples per entry from the same x_T, thresholding "
+           f"{thresholding}.")
+  table = _quality_markdown(rows, "NFE", title)
+  stem = f"solver/quality_step_{step:07d}"
+  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, dict(step=step, rows=rows)))
+  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
+  logging.info("DPM-Solver sample quality at step %d:\n%s", step, table)
+  return rows
 
 
 @REPORTS.register("sn_npr")
@@ -383,14 +512,23 @@ def validate(config) -> None:
   a = config.analytic
   n = config.diffusion.num_steps
   for field, values in (("analytic.ks", a.ks), ("analytic.grid_ks", a.grid_ks),
+                        ("analytic.quality_ks", a.quality_ks),
                         ("solver.nfes", config.solver.nfes)):
     for k in values:
       if not (isinstance(k, int) and 1 <= k <= n):
         raise ConfigError(f"{field} has {k!r}: expected integers in 1..N={n}")
   for field in ("analytic.gamma_examples", "analytic.gamma_batch", "analytic.nll_examples",
                 "analytic.nll_batch", "analytic.grid_samples", "solver.num_samples",
-                "solver.reference_nfe"):
+                "solver.reference_nfe", "analytic.quality_batch", "solver.quality_batch"):
     checks.positive(config, field)
+  for field in ("analytic.quality_samples", "solver.quality_samples"):
+    if not (isinstance(checks.get_field(config, field), int) and checks.get_field(config, field) >= 0):
+      raise ConfigError(f"{field}={checks.get_field(config, field)!r} is invalid: expected an "
+                        "integer >= 0 (0 = no sample-quality columns)")
+  if a.quality_samples and not a.quality_ks:
+    raise ConfigError("analytic.quality_samples > 0 needs analytic.quality_ks (the K of each column)")
+  if config.solver.thresholding:
+    samplers.THRESHOLDING.get(config.solver.thresholding, field="solver.thresholding")
   for field in ("analytic.variances", "analytic.dp_variances", "analytic.ddpm_baseline"):
     values = checks.get_field(config, field)
     for v in (values,) if isinstance(values, str) else values:

@@ -76,6 +76,7 @@ def validate(config) -> None:
   """Checks sample.* for the chosen sampler; errors name the field."""
   s = config.sample
   SAMPLERS.get(s.sampler, field="sample.sampler")
+  THRESHOLDING.get(s.get("thresholding", "none"), field="sample.thresholding")
   if is_solver(s.sampler):
     checks.positive(config, "sample.nfe")
     return
@@ -144,7 +145,8 @@ def build(config, process, graphdef: nnx.GraphDef, mesh, *, steps: int | None = 
   s = config.sample
   spec = SAMPLERS.get(s.sampler, field="sample.sampler")
   if isinstance(spec, SolverMethod):
-    return _solver(spec, process, graphdef, mesh, int(steps or s.nfe))
+    return _solver(spec, process, graphdef, mesh, int(steps or s.nfe),
+                   s.get("thresholding", "none"))
   k = int(steps or s.num_steps)
   trajectory = trajectory_for(config, k, gamma, dp_trajectory)
   sigma2 = variance_for(config, s.variance, trajectory, s.sampler, s.eta, gamma)
@@ -170,26 +172,63 @@ def solver_end_time(process, nfe: int) -> float:
   return DPMSolver(lambda x, t: x, process.noise_schedule).default_times(nfe)[1]
 
 
+def thresholded(eps_fn: Callable, ns, kind: str) -> Callable:
+  """The noise predictor eps(x, t) whose data prediction x0 = (x - sigma_t eps) / alpha_t is
+  corrected by `kind` (THRESHOLDING), returned as the eps it implies: (x - alpha_t x0') / sigma_t.
+
+  DPM-Solver++ integrates x0', exactly the published `correcting_x0_fn`; the noise-prediction
+  methods integrate the implied eps, as the DDIM step with DDPM's clip_denoised does (dpm/reverse.py),
+  so one switch means the same for every method (the published DPM-Solver ignores it there)."""
+  correct = THRESHOLDING.get(kind, field="sample.thresholding")
+  if correct is None:
+    return eps_fn
+  from dpm.solver.wrapper import expand_to
+
+  def fn(x, t):
+    alpha, sigma = (expand_to(v, x) for v in (ns.marginal_alpha(t), ns.marginal_std(t)))
+    x0 = correct((x - sigma * eps_fn(x, t)) / alpha)
+    return (x - alpha * x0) / sigma
+  return fn
+
+
+def _static(x0):
+  return jax.numpy.clip(x0, -1.0, 1.0)
+
+
+def _dynamic(x0):
+  from dpm.solver.sampler import dynamic_threshold
+  return dynamic_threshold(x0, ratio=0.995, max_val=1.0)
+
+
+# sample.thresholding: the correction of the data prediction in the DPM-Solver methods.
+THRESHOLDING: Registry = Registry("thresholding")
+THRESHOLDING.add("none", None)
+THRESHOLDING.add("static", _static)    # clip x0 to the data range [-1, 1] (DDPM's clip_denoised)
+THRESHOLDING.add("dynamic", _dynamic)  # Imagen's dynamic thresholding, the DPM-Solver++ setting
+
+
 def solve(spec: SolverMethod, process, graphdef: nnx.GraphDef, nfe: int,
-          t_end: float | None = None) -> Callable:
+          t_end: float | None = None, thresholding: str = "none") -> Callable:
   """Jitted (state, x_T) -> x_{t_end}: one solver method at `nfe` model evaluations, integrating the
   model in the time of its process (a continuous-time model on its own VP schedule, a discrete-time
-  one on the interpolated alpha_bar table). t_end: the solver's default."""
+  one on the interpolated alpha_bar table). t_end: the solver's default. thresholding: a name in
+  THRESHOLDING, the correction of every data prediction (`thresholded`)."""
   from dpm.solver import DPMSolver, model_wrapper
   ns = process.noise_schedule
 
   @jax.jit
   def run(state, x):
     net = lambda x, t: nnx.merge(graphdef, state)(x, process.solver_input(t))
-    solver = DPMSolver(model_wrapper(net, ns, model_type="noise"), ns,
-                       algorithm_type=spec.algorithm_type)
+    model_fn = thresholded(model_wrapper(net, ns, model_type="noise"), ns, thresholding)
+    solver = DPMSolver(model_fn, ns, algorithm_type=spec.algorithm_type)
     return solver.sample(x, steps=nfe, t_end=t_end, order=spec.order, method=spec.method,
                          skip_type=spec.skip_type)
   return run
 
 
-def _solver(spec: SolverMethod, process, graphdef, mesh, nfe: int) -> Callable:
-  run = solve(spec, process, graphdef, nfe)
+def _solver(spec: SolverMethod, process, graphdef, mesh, nfe: int,
+            thresholding: str = "none") -> Callable:
+  run = solve(spec, process, graphdef, nfe, thresholding=thresholding)
   sharding = mesh_lib.batch_sharding(mesh)
 
   def sample(state, rng, shape):

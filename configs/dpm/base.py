@@ -49,6 +49,7 @@ def get_config() -> ConfigDict:
       variance="beta",     # ddpm: beta | beta_tilde | analytic; ddim: ddim | analytic
       eta=0.0,             # ddim
       clip_denoised=True,
+      thresholding="none",  # DPM-Solver methods: none | static (clip x0 to [-1, 1]) | dynamic
       seed=1,
   ))
   c.eval = ConfigDict(dict(
@@ -80,6 +81,10 @@ def get_config() -> ConfigDict:
       grid_ks=(10, 25),     # sample grids: DDPM vs Analytic-DDPM, DDIM vs Analytic-DDIM
       grid_samples=64,
       ddpm_baseline="beta_tilde",
+      quality_samples=0,    # > 0: the sample quality (eval.metric) of DDPM / Analytic-DDPM / DDIM /
+      quality_ks=(10, 25, 50, 100),  # Analytic-DDIM at each of these K (paper: FID, 50,000 samples)
+      quality_batch=256,
+      quality_seed=4,
   ))
   # SN-DPM / NPR-DPM (dpm/second_stage.py): covariance heads trained on the frozen U-Net.
   c.sn_npr = ConfigDict(dict(
@@ -114,6 +119,9 @@ def get_config() -> ConfigDict:
       seed=2,
       reference_method="dpm_solver++_3m",
       reference_nfe=200,
+      thresholding="",      # '' = sample.thresholding; the reference solution uses the same
+      quality_samples=0,    # > 0: the sample quality (eval.metric) of each method and NFE
+      quality_batch=256,
   ))
   return c
 

@@ -36,6 +36,14 @@ def _take(points: up.Point, i) -> up.Point:
   return jax.tree.map(lambda a: a[i], points)
 
 
+def dynamic_threshold(x0: jax.Array, ratio: float = 0.995, max_val: float = 1.0) -> jax.Array:
+  """Imagen's dynamic thresholding: clip x0 to the per-sample quantile s of |x0|, s >= max_val,
+  and divide by s."""
+  flat = jnp.abs(x0).reshape(x0.shape[0], -1)
+  s = expand_to(jnp.maximum(jnp.quantile(flat, ratio, axis=1), max_val), x0)
+  return jnp.clip(x0, -s, s) / s
+
+
 class DPMSolver:
   """DPM-Solver (noise prediction) and DPM-Solver++ (data prediction) for VP diffusion models.
 
@@ -73,13 +81,9 @@ class DPMSolver:
   # ---- model evaluations -------------------------------------------------------------------------
 
   def dynamic_thresholding_fn(self, x0: jax.Array, t=None) -> jax.Array:
-    """Imagen's dynamic thresholding: clip x0 to the per-sample quantile s of |x0|, s >= max_val,
-    and divide by s."""
+    """Imagen's dynamic thresholding (`dynamic_threshold`) with this solver's ratio and max_val."""
     del t
-    flat = jnp.abs(x0).reshape(x0.shape[0], -1)
-    s = jnp.quantile(flat, self.dynamic_thresholding_ratio, axis=1)
-    s = expand_to(jnp.maximum(s, self.thresholding_max_val), x0)
-    return jnp.clip(x0, -s, s) / s
+    return dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.thresholding_max_val)
 
   def noise_prediction_fn(self, x: jax.Array, t) -> jax.Array:
     return self.model(x, t)
