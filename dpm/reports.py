@@ -117,6 +117,16 @@ def _quality_markdown(rows: list[dict[str, Any]], steps_label: str, title: str) 
   return "\n".join(lines) + "\n"
 
 
+def _write_quality(workdir: str, stem: str, step: int, rows: list[dict], steps_label: str,
+                   title: str) -> list:
+  """Writes stem.json (the model step and the rows) and stem.md (their table); returns the rows."""
+  table = _quality_markdown(rows, steps_label, title)
+  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, dict(step=step, rows=rows)))
+  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
+  logging.info("%s\n%s", stem, table)
+  return rows
+
+
 def _quality_batches(num: int, batch: int):
   """(index, size) of the batches of `num` samples, `batch` at a time."""
   return [(i, min(batch, num - i * batch)) for i in range(-(-num // batch))]
@@ -291,6 +301,14 @@ def _reverse_sampler(process, trajectory: tuple[int, ...], form: str, eta: float
                                                             eta, clip))
 
 
+def _analytic_samplers(cfg) -> tuple[tuple[str, str, str], ...]:
+  """(label, form, variance) of the four samplers the Analytic-DPM grids and quality columns compare."""
+  return ((f"DDPM ({cfg.ddpm_baseline})", "ddpm", cfg.ddpm_baseline),
+          ("Analytic-DDPM", "ddpm", "analytic"),
+          ("DDIM (eta 0)", "ddim", "ddim"),
+          ("Analytic-DDIM", "ddim", "analytic"))
+
+
 def analytic_grids(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> dict[str, str]:
   """Sample grids at each K of analytic.grid_ks: DDPM (fixed baseline) vs Analytic-DDPM and DDIM
   (eta = 0) vs Analytic-DDIM, all from the same x_T and per-step noise."""
@@ -304,10 +322,7 @@ def analytic_grids(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> di
   panels, paths = {}, {}
   for k in cfg.grid_ks:
     traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
-    for label, form, name in ((f"DDPM ({cfg.ddpm_baseline})", "ddpm", cfg.ddpm_baseline),
-                              ("Analytic-DDPM", "ddpm", "analytic"),
-                              ("DDIM (eta 0)", "ddim", "ddim"),
-                              ("Analytic-DDIM", "ddim", "analytic")):
+    for label, form, name in _analytic_samplers(cfg):
       sigma2 = variance_for(config, name, traj, form, 0.0, gamma)
       run = _reverse_sampler(key, tuple(int(t) for t in traj), form, 0.0,
                              bool(config.sample.clip_denoised))
@@ -367,10 +382,7 @@ def analytic_quality(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> 
   rows = []
   for k in cfg.quality_ks:
     traj = reverse.make_trajectory(config.sample.trajectory, int(k), n)
-    for label, form, name in ((f"DDPM ({cfg.ddpm_baseline})", "ddpm", cfg.ddpm_baseline),
-                              ("Analytic-DDPM", "ddpm", "analytic"),
-                              ("DDIM (eta 0)", "ddim", "ddim"),
-                              ("Analytic-DDIM", "ddim", "analytic")):
+    for label, form, name in _analytic_samplers(cfg):
       sigma2 = jnp.asarray(variance_for(config, name, traj, form, 0.0, gamma), jnp.float32)
       run = _reverse_sampler(key, tuple(int(t) for t in traj), form, 0.0,
                              bool(config.sample.clip_denoised))
@@ -384,15 +396,10 @@ def analytic_quality(setup, eps, gamma: np.ndarray, step: int, workdir: str) -> 
       row = _quality(scorer, f"{label}, K={k}", images())
       rows.append(dict(label=label, form=form, variance=name, steps=int(k),
                        trajectory=config.sample.trajectory, **row))
-  title = (f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
-           f"{cfg.quality_samples} samples per entry, {config.sample.trajectory} trajectory, "
-           "the same noise for every sampler.")
-  table = _quality_markdown(rows, "K", title)
-  stem = f"analytic/quality_step_{step:07d}"
-  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, dict(step=step, rows=rows)))
-  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
-  logging.info("Analytic-DPM sample quality at step %d:\n%s", step, table)
-  return rows
+  return _write_quality(workdir, f"analytic/quality_step_{step:07d}", step, rows, "K", (
+      f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
+      f"{cfg.quality_samples} samples per entry, {config.sample.trajectory} trajectory, "
+      "the same noise for every sampler."))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,15 +486,9 @@ def solver_quality(setup, graphdef, state, step: int, workdir: str, thresholding
       row = _quality(scorer, f"{method}, NFE {nfe}", images())
       rows.append(dict(label=method, method=method, steps=int(nfe), thresholding=thresholding,
                        **row))
-  title = (f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
-           f"{cfg.quality_samples} samples per entry from the same x_T, thresholding "
-           f"{thresholding}.")
-  table = _quality_markdown(rows, "NFE", title)
-  stem = f"solver/quality_step_{step:07d}"
-  _write(workdir, stem + ".json", lambda p: io.atomic_write_json(p, dict(step=step, rows=rows)))
-  _write(workdir, stem + ".md", lambda p: io.atomic_write_text(p, table))
-  logging.info("DPM-Solver sample quality at step %d:\n%s", step, table)
-  return rows
+  return _write_quality(workdir, f"solver/quality_step_{step:07d}", step, rows, "NFE", (
+      f"Sample quality ({rows[0]['metric']}, lower is better) of the model of step {step}, "
+      f"{cfg.quality_samples} samples per entry from the same x_T, thresholding {thresholding}."))
 
 
 @REPORTS.register("sn_npr")
