@@ -15,7 +15,8 @@ training; the reports build theirs from the same registry.
          DPM-Solver(++) (Lu et al. 2022, arXiv 2206.00927 / 2211.01095) on the probability-flow ODE
          with sample.nfe model evaluations, time-uniform steps unless the name says otherwise
          (dpm_solver_fast: singlestep orders 3,...,3,2/1 on logSNR steps, the paper's choice).
-         dpm_solver_1 is DDIM as an ODE solver (continuous time).
+         dpm_solver_1 is DDIM as an ODE solver (continuous time). sample.thresholding (none |
+         static | dynamic) corrects every data prediction (`thresholded`).
 
   sampler = samplers.build(config, process, graphdef, mesh, gamma)   # jitted (state, rng, shape)
 """
