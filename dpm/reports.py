@@ -526,6 +526,12 @@ def validate(config) -> None:
     if not (isinstance(checks.get_field(config, field), int) and checks.get_field(config, field) >= 0):
       raise ConfigError(f"{field}={checks.get_field(config, field)!r} is invalid: expected an "
                         "integer >= 0 (0 = no sample-quality columns)")
+  if ((a.quality_samples and "analytic" in names(config)) or
+      (config.solver.quality_samples and "solver" in names(config))) and (
+          quality.resolve(config) == "fid" and not config.eval.get("inception_weights")):
+    raise ConfigError("the reports' sample-quality columns use FID for data.name="
+                      f"{config.data.name!r} and need eval.inception_weights=<file.npz> "
+                      "(docs/EVALUATION.md: convert pytorch-fid's weights once)")
   if a.quality_samples and not a.quality_ks:
     raise ConfigError("analytic.quality_samples > 0 needs analytic.quality_ks (the K of each column)")
   if config.solver.thresholding:

@@ -156,3 +156,14 @@ def test_analytic_quality_rows_match_an_independent_ddim_run(smoke_setup, tmp_pa
   ddim = [r["value"] for r in rows if r["label"] == "DDIM (eta 0)"]
   assert all(abs(a - b) > 1e-6 for a, b in zip(ddpm, ddim))  # the DDPM rows add noise per step
   assert (tmp_path / "analytic" / "quality_step_0000007.json").exists()
+
+
+def test_fid_columns_without_inception_weights_fail_at_start():
+  c = base.get_config()
+  c.data.name = "synthetic"
+  c.reports = ("solver",)
+  c.solver.quality_samples = 10
+  with pytest.raises(ConfigError, match="eval.inception_weights"):
+    experiment.validate(c)
+  c.eval.inception_weights = "/some/weights.npz"
+  experiment.validate(c)  # the file itself is checked when the report loads it

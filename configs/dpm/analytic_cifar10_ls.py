@@ -19,6 +19,10 @@ Paper:     Analytic-DPM (Bao et al., ICLR 2022), Table 1, CIFAR10 (LS), NLL bits
            FID (even, 50k samples): DDPM 44.45 21.83 15.21 10.94 8.23 (K = 10 ... 200);
            Analytic-DDPM 34.26 11.60 7.25 5.40 4.01; DDIM 21.31 10.70 7.74 6.08 5.07;
            Analytic-DDIM 14.00 5.81 4.04 3.55 3.39. Sampling clip c = 2 (DDPM form, linear).
+           Those FID columns: add --config.analytic.quality_samples=50000
+           "--config.analytic.quality_ks=(10,25,50,100,200)" --config.eval.metric=fid
+           --config.eval.inception_weights=<pt_inception.npz> (docs/EVALUATION.md); 4 samplers x
+           385 steps x 50,000 images of U-Net passes plus the Inception features: GPU-hours.
            Not reproduced here (no accelerator in this project's CI); the MNIST rows in the README
            show the same trends.
 Variant:   `:smoke` runs a tiny model on synthetic 32x32x3 images and a two-K table (seconds).
