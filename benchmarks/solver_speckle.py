@@ -56,7 +56,7 @@ def main(argv=None) -> int:
   from common import mesh as mesh_lib
   mesh_lib.set_cpu_devices(mesh_lib.default_cpu_devices((args.samples, 64)))
   mesh_lib.enable_compilation_cache()
-  from common import classifier, fid, train as train_lib
+  from common import classifier, train as train_lib
   from configs.dpm import ddpm_mnist
   from dpm import experiment, reverse, samplers
 
@@ -76,18 +76,16 @@ def main(argv=None) -> int:
 
   real = setup.data.preprocess(setup.data.test, None)
   tv_threshold = float(np.percentile(total_variation(real), 99))
-  ref = clf.reference("train")
 
   def measure(images: np.ndarray) -> dict:
     images = np.asarray(images, np.float64)
     clipped = np.clip(images, -1.0, 1.0)
-    feats, logits = clf.features(clipped.astype(np.float32))
-    conf = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1).max(-1))
-    return dict(noise=float(np.mean(conf < 0.9)),
-                speckle=float(np.mean(total_variation(clipped) > tv_threshold)),
+    tv = total_variation(clipped)
+    as_float32 = clipped.astype(np.float32)
+    return dict(noise=1.0 - clf.score(as_float32, threshold=0.9)["fraction_confident_0.9"],
+                speckle=float(np.mean(tv > tv_threshold)),
                 outside=float(np.mean(np.abs(images) > 1.0)),
-                fd=float(fid.frechet_distance(*fid.feature_stats(feats), *ref)),
-                mean_tv=float(total_variation(clipped).mean()))
+                fd=float(clf.frechet_distance(as_float32)), mean_tv=float(tv.mean()))
 
   weights = {}
 

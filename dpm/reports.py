@@ -522,10 +522,8 @@ def validate(config) -> None:
                 "analytic.nll_batch", "analytic.grid_samples", "solver.num_samples",
                 "solver.reference_nfe", "analytic.quality_batch", "solver.quality_batch"):
     checks.positive(config, field)
-  for field in ("analytic.quality_samples", "solver.quality_samples"):
-    if not (isinstance(checks.get_field(config, field), int) and checks.get_field(config, field) >= 0):
-      raise ConfigError(f"{field}={checks.get_field(config, field)!r} is invalid: expected an "
-                        "integer >= 0 (0 = no sample-quality columns)")
+  for field in ("analytic.quality_samples", "solver.quality_samples"):  # 0: no quality columns
+    checks.integer(config, field, low=0)
   if ((a.quality_samples and "analytic" in names(config)) or
       (config.solver.quality_samples and "solver" in names(config))) and (
           quality.resolve(config) == "fid" and not config.eval.get("inception_weights")):
