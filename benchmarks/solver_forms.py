@@ -11,7 +11,8 @@ Setting:  Gaussian mixtures with their exact noise predictor (dims 2, 16, 64; we
 Compared: for each algorithm (dpmsolver, dpmsolver++), order (2, 3) and step spacing (logSNR,
           time_uniform, time_quadratic), every combination of third_order in {exact, published}
           (order 3 only) and lower_order_final in {never, published (< 10 steps), diffusers
-          (< 15), always, auto (this codebase's former default)} against the published
+          (< 15), always, auto (this codebase's former default), lambda (when the last step is
+          longer than 1 in lambda)} against the published
           configuration (third_order=published, lower_order_final=published: the public
           DPM-Solver code, whose third-order update diffusers reproduces, tests/
           test_dpm_solver_diffusers.py) at every NFE from 5 to 50.
@@ -19,7 +20,9 @@ Rule:     a combination qualifies as the default for its (algorithm, order, spac
           never more than 5% less accurate than the published one at any NFE on any testbed;
           among those the one with the lowest mean log error ratio wins (the published one itself
           always qualifies, with ratio 1).
-Writes:   solver_forms.md (tables), solver_forms.json (every error).
+Writes:   solver_forms.md (tables), solver_forms.json (every error). --reuse=solver_forms.json
+          keeps the errors already measured there (same testbeds and NFEs) and runs only the
+          variants it lacks, e.g. after a new rule is added.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ BETA_0, BETA_1 = solver_gmm.BETA_0, solver_gmm.BETA_1
 BATCH = 128
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic")
-RULES = ("never", "published", "diffusers", "always", "auto")
+RULES = ("never", "published", "diffusers", "always", "auto", "lambda")
 FORMS = ("exact", "published")
 PUBLISHED = ("published", "published")   # (third_order, lower_order_final) of the public code
 TOLERANCE = 1.05
@@ -98,7 +101,9 @@ def variants(order: int):
   return list(itertools.product(forms, RULES))
 
 
-def measure(beds) -> dict:
+def measure(beds, known: dict | None = None) -> dict:
+  """Every variant's errors; those in `known` (a former run's "errors") are kept, not rerun."""
+  known = known or {}
   ns = NoiseScheduleVP("linear", continuous_beta_0=BETA_0, continuous_beta_1=BETA_1)
   data = {}
   for name, gmm in beds.items():
@@ -108,6 +113,9 @@ def measure(beds) -> dict:
   for algorithm, order, spacing in itertools.product(ALGORITHMS, (2, 3), SPACINGS):
     for form, rule in variants(order):
       key = f"{algorithm}|{order}|{spacing}|{form}|{rule}"
+      if key in known:
+        errors[key] = known[key]
+        continue
       run, per_bed = solve_all(ns, algorithm, order, spacing, form, rule), {}
       for name, (gmm, x_T, ref) in data.items():
         xs = np.asarray(run(jnp.asarray(x_T), jnp.asarray(gmm.weights, jnp.float32),
@@ -175,10 +183,18 @@ def markdown(rows: list[dict], errors: dict, beds) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="", help="directory for solver_forms.md / .json")
+  parser.add_argument("--reuse", default="", help="a former solver_forms.json whose errors to keep")
   args = parser.parse_args()
   t0 = time.time()
   beds = testbeds()
-  errors = measure(beds)
+  known = None
+  if args.reuse:
+    with open(args.reuse) as f:
+      former = json.load(f)
+    if former["testbeds"] != list(beds) or former["nfes"] != list(NFES):
+      raise SystemExit(f"--reuse={args.reuse}: measured on other testbeds or NFEs; rerun without it")
+    known = former["errors"]
+  errors = measure(beds, known)
   rows = choose(errors)
   text = markdown(rows, errors, beds)
   print(text)

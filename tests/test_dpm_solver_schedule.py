@@ -163,6 +163,25 @@ def test_singlestep_orders_follow_the_paper():
         assert used == ([3] * (n // 3 + 1 - len(tail)) + tail)[-len(used):], (n, used)
 
 
+def test_lambda_rule_drops_orders_when_the_last_step_is_long():
+  """lower_order_final="lambda": the final steps drop to 2, 1 exactly when the last step spans more
+  than LONG_FINAL_STEP in lambda, so on logSNR grids of the linear VP (t 1 -> 1e-3, lambda range
+  9.6) it is the published below-10 rule, and on time-uniform grids (last step 2-4 long) "always"."""
+  ns = NoiseScheduleVP("linear")
+  lam_range = float(ns.marginal_lambda(jnp.float32(1e-3)) - ns.marginal_lambda(jnp.float32(1.0)))
+  for n in range(3, 51):
+    for skip, same_as in (("logSNR", "published"), ("time_uniform", "always")):
+      lams = ns.marginal_lambda(plan.time_grid(ns, skip, 1.0, 1e-3, n, 50))
+      ours = plan.multistep_orders(3, n, 50, "lambda", lambdas=lams)
+      np.testing.assert_array_equal(ours, plan.multistep_orders(3, n, 50, same_as), err_msg=skip)
+    lams = ns.marginal_lambda(plan.time_grid(ns, "logSNR", 1.0, 1e-3, n, 50))
+    long = lam_range / n > plan.LONG_FINAL_STEP
+    assert list(np.asarray(plan.multistep_orders(3, n, 50, "lambda", lambdas=lams))[n - 2:n]) == (
+        [2, 1] if long else [3, 3]), n
+  with pytest.raises(ValueError, match="lambdas"):
+    plan.multistep_orders(3, 8, 50, "lambda")
+
+
 def test_zero_length_step_is_identity():
   s = updates.Point(0.5, 0.3, -0.2, float(np.sqrt(-np.expm1(-0.4))))
   x, m = jnp.array([0.7, -1.2]), jnp.array([0.1, 0.4])

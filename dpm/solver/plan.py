@@ -29,6 +29,14 @@ LOWER_ORDER_FINAL.add("published", lambda order: 10)
 LOWER_ORDER_FINAL.add("diffusers", lambda order: 15)
 LOWER_ORDER_FINAL.add("always", lambda order: _ALWAYS)
 LOWER_ORDER_FINAL.add("auto", lambda order: _ALWAYS if order >= 3 else 15)
+# "lambda": decided by the grid, not the step count: the last steps drop to orders 2, 1 when the
+# final step is longer than LONG_FINAL_STEP in lambda = log(alpha / sigma). On logSNR grids of the
+# linear VP from t = 1 to 1e-3 this is the published rule exactly (h = 9.6 / n > 1 iff n < 10); on
+# time-quadratic grids it drops below about 22 steps, on time-uniform ones always (their last step
+# spans 2-4 in lambda at every NFE from 5 to 50).
+LAMBDA_RULE = -1
+LONG_FINAL_STEP = 1.0
+LOWER_ORDER_FINAL.add("lambda", lambda order: LAMBDA_RULE)
 
 
 # Multistep defaults, chosen by benchmarks/solver_forms.py (dpm/SOLVER.md, "Defaults from
@@ -95,14 +103,21 @@ def time_grid(ns, skip_type: str, t_start, t_end, n, n_max: int) -> jax.Array:
   return grid.at[0].set(t_start)
 
 
-def multistep_orders(order: int, n, n_max: int, lower_order_final) -> jax.Array:
+def multistep_orders(order: int, n, n_max: int, lower_order_final, lambdas=None) -> jax.Array:
   """Order of step i = 1..n (index i - 1), shape [n_max]: warm-up with orders 1, 2, then `order`;
-  when n is below the `lower_order_final` rule's threshold (`lower_order_final_below`) the last
-  steps drop to orders 2, 1."""
+  when n is below the `lower_order_final` rule's threshold (`lower_order_final_below`), or for
+  the "lambda" rule when the last step lambdas[n] - lambdas[n - 1] exceeds LONG_FINAL_STEP
+  (`lambdas`: lambda at the n_max + 1 grid times), the last steps drop to orders 2, 1."""
   i = jnp.arange(1, n_max + 1)
   orders = jnp.minimum(order, i)
   below = lower_order_final_below(lower_order_final, order)
-  if below > 0:
+  if below == LAMBDA_RULE:
+    if lambdas is None:
+      raise ValueError("lower_order_final='lambda' needs the grid's lambdas")
+    lambdas = jnp.asarray(lambdas)
+    last = jnp.take(lambdas, n) - jnp.take(lambdas, n - 1)
+    orders = jnp.where(last > LONG_FINAL_STEP, jnp.minimum(orders, n + 1 - i), orders)
+  elif below > 0:
     orders = jnp.where(n < below, jnp.minimum(orders, n + 1 - i), orders)
   return jnp.clip(orders, 1, order)
 

@@ -145,7 +145,7 @@ class DPMSolver:
 
   def _multistep(self, x, n, grid, order, n_max, lower_order_final, third_order):
     points = up.make_point(self.noise_schedule, grid)
-    orders = plan.multistep_orders(order, n, n_max, lower_order_final)
+    orders = plan.multistep_orders(order, n, n_max, lower_order_final, lambdas=points.lam)
     branches = [lambda x, i, hist, o=o: self.multistep_update(x, points, i, hist, o, third_order)
                 for o in range(1, order + 1)]
 
@@ -294,7 +294,8 @@ class DPMSolver:
         "singlestep_fixed", "multistep" or "adaptive".
       lower_order_final: multistep only: when the last steps drop to orders 2, 1: "published"
         (below 10 steps, the public code), "diffusers" (below 15), "always", "never" (= False),
-        "auto" (= True: third order always, second order below 15; plan.LOWER_ORDER_FINAL).
+        "auto" (= True: third order always, second order below 15), "lambda" (when the last
+        step is longer than plan.LONG_FINAL_STEP in lambda; plan.LOWER_ORDER_FINAL).
         None: the measured default of `plan.multistep_defaults` (dpm/SOLVER.md).
       denoise_to_zero: finish with x0 = data prediction at t_end (one more evaluation).
       atol, rtol: adaptive only: tolerances of the step-size control.
