@@ -20,7 +20,8 @@ Rule:     a combination qualifies as the default for its (algorithm, order, spac
           never more than 5% less accurate than the published one at any NFE on any testbed;
           among those the one with the lowest mean log error ratio wins (the published one itself
           always qualifies, with ratio 1).
-Writes:   solver_forms.md (tables), solver_forms.json (every error). --reuse=solver_forms.json
+Writes:   solver_forms.md (tables), solver_forms.json (every error), solver_forms.png (error vs
+          NFE of the default, the public configuration, diffusers' and the former default). --reuse=solver_forms.json
           keeps the errors already measured there (same testbeds and NFEs) and runs only the
           variants it lacks, e.g. after a new rule is added.
 """
@@ -180,6 +181,43 @@ def markdown(rows: list[dict], errors: dict, beds) -> str:
   return "\n".join(out) + "\n"
 
 
+def plot(rows: list[dict], errors: dict, path: str) -> None:
+  """A panel per (algorithm, order, spacing): RMS error (geometric mean over the testbeds) vs NFE
+  of the chosen default, the public configuration, diffusers' (published form, below-15 rule) and
+  this codebase's former default (exact form, "auto")."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(3, 4, figsize=(16, 10.5), sharex=True)
+  curves = (("ours (default)", None, "C0", "-"), ("published", PUBLISHED, "C1", "--"),
+            ("diffusers", ("published", "diffusers"), "C2", ":"),
+            ("former (exact, auto)", ("exact", "auto"), "C3", "-."))
+  for ax, row in zip(axes.T.ravel(), rows):
+    prefix = f"{row['algorithm']}|{row['order']}|{row['spacing']}"
+    for label, variant, color, style in curves:
+      form, rule = variant or row["best"]
+      if row["order"] == 2:
+        form = "published"
+      per_bed = errors[f"{prefix}|{form}|{rule}"]
+      gmean = np.exp(np.mean(np.log([per_bed[b] for b in sorted(per_bed)]), axis=0))
+      # the default drawn wide and pale underneath: where it is the public configuration, the
+      # published curve runs inside it
+      ax.loglog(NFES, gmean, style, color=color, label=label,
+                **(dict(lw=4, alpha=0.4, zorder=1) if variant is None else dict(lw=1.2, zorder=2)))
+    name = "DPM-Solver++" if row["algorithm"] == "dpmsolver++" else "DPM-Solver"
+    ax.set_title(f"{name}({row['order']}M), {row['spacing']}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+  for ax in axes[-1]:
+    ax.set_xlabel("NFE")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("RMS error (geo. mean of 5 mixtures)")
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle("Multistep DPM-Solver on five Gaussian mixtures (exact eps, linear VP, t: 1 -> 1e-3)")
+  fig.tight_layout()
+  io.atomic_save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="", help="directory for solver_forms.md / .json")
@@ -202,6 +240,7 @@ def main() -> None:
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     io.atomic_write_text(os.path.join(args.out, "solver_forms.md"), text)
+    plot(rows, errors, os.path.join(args.out, "solver_forms.png"))
     io.atomic_write_json(os.path.join(args.out, "solver_forms.json"), dict(
         nfes=list(NFES), testbeds=list(beds), errors=errors,
         chosen=[dict(r, best=list(r["best"])) for r in rows]))
