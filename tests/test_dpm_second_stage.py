@@ -7,24 +7,26 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
 from common import train as train_lib
 from common.supervised import supervised
 from configs.dpm import sn_npr_mnist
-from dpm import experiment, gmm, samplers, schedules, second_stage
+from dpm import experiment, gmm, process, samplers, schedules, second_stage
 from dpm.unet import timestep_embedding
 from tests import helpers
 
 
 class MixtureHeads(nnx.Module):
   """A frozen, deliberately imperfect noise predictor (0.9 eps* of the mixture: no parameters)
-  and MLP heads of (x_t, t) for h and g: the two-part model of the stage-2 loss, small enough to
+  and MLP heads of (x_t, step n) for h and g: the two-part model of the stage-2 loss, small enough to
   train in seconds."""
 
-  def __init__(self, mix: gmm.GaussianMixture, alphas_cumprod: np.ndarray, rngs: nnx.Rngs):
-    self.mix = mix
+  def __init__(self, mix: gmm.GaussianMixture, alphas_cumprod: np.ndarray, rngs: nnx.Rngs,
+               step_of_time=lambda t: jnp.asarray(t, jnp.int32) + 1):
+    self.mix, self.step_of_time = mix, step_of_time    # network time -> integer step n
     self.sa = jnp.asarray(np.sqrt(alphas_cumprod), jnp.float32)
     self.sb = jnp.asarray(np.sqrt(1 - alphas_cumprod), jnp.float32)
     d, width = mix.dim, 128
@@ -37,19 +39,28 @@ class MixtureHeads(nnx.Module):
     return 0.9 * self.mix.eps(x, self.sa[n], self.sb[n])
 
   def __call__(self, x, t, *, train=False, rngs=None):
-    n = jnp.asarray(t, jnp.int32) + 1                   # the network time is n - 1
-    feats = jnp.concatenate([x, timestep_embedding(t, 32)], axis=-1)
+    n = self.step_of_time(t)                            # discrete: the network time is n - 1
+    feats = jnp.concatenate([x, timestep_embedding(n - 1.0, 32)], axis=-1)   # either time alike
     return jax.lax.stop_gradient(self.base(x, n)), {k: self.head[k](feats) for k in ("sn", "npr")}
 
 
-def test_heads_trained_on_the_mixture_reach_the_closed_form_moments(tmp_path):
+@pytest.mark.parametrize("time", ["discrete", "continuous"])
+def test_heads_trained_on_the_mixture_reach_the_closed_form_moments(tmp_path, time):
+  """Discrete: a 100-step linear chain. Continuous: the linear VP-SDE's 100-step discretisation
+  (alpha_bar_n = alpha_{t_n}^2, network time 999 t_n), as a continuous model's second stage sees it
+  through Process.alphas_cumprod and Process.step_input."""
   n_steps = 100
-  ac = schedules.get_alphas_cumprod("linear", n_steps)
+  proc = process.Process(time=time, schedule="linear", num_steps=n_steps)
+  ac = proc.alphas_cumprod
+  if time == "continuous":
+    # A chain of its own, not the discrete linear one (alpha_bar_80: 1.6e-3 vs 1.1e-3).
+    assert not np.allclose(ac, schedules.get_alphas_cumprod("linear", n_steps), rtol=0.05)
+  to_step = lambda t: jnp.asarray(jnp.rint(t / proc.step_input(1)) if time == "continuous"
+                                  else t + 1, jnp.int32)
   mix = gmm.default_mixture(dim=2, seed=0)
-  model = MixtureHeads(mix, ac, nnx.Rngs(0))
+  model = MixtureHeads(mix, ac, nnx.Rngs(0), to_step)
   loss = lambda m, x, r: second_stage.moment_loss(m, x, r, jnp.asarray(ac, jnp.float32),
-                                                  lambda n: jnp.asarray(n, jnp.float32) - 1,
-                                                  ("sn", "npr"))
+                                                  proc.step_input, ("sn", "npr"))
   import optax
   steps = 800
   prog = supervised(model, loss, optax.adam(optax.cosine_decay_schedule(3e-3, steps)),
@@ -65,7 +76,7 @@ def test_heads_trained_on_the_mixture_reach_the_closed_form_moments(tmp_path):
     x_t = ac[t] ** 0.5 * x0 + (1 - ac[t]) ** 0.5 * jax.random.normal(jax.random.key(t + 1),
                                                                      x0.shape)
     a, s = ac[t] ** 0.5, (1 - ac[t]) ** 0.5
-    eps_hat, moments = trained(x_t, jnp.full((len(x_t),), t - 1.0))
+    eps_hat, moments = trained(x_t, jnp.full((len(x_t),), proc.step_input(t)))
     eps_star = mix.eps(x_t, a, s)
     h = mix.eps_second_moment(x_t, a, s)
     g = h - 2 * eps_hat * eps_star + eps_hat ** 2      # E[(eps - eps_hat)^2 | x_t]
@@ -156,7 +167,6 @@ def test_second_stage_step_is_cheaper_than_a_stage1_step():
 
 
 def test_validate_names_the_field():
-  import pytest
   from common.errors import ConfigError
   config = sn_npr_mnist.get_config("smoke")
   config.sn_npr.kinds = ("npr",)
