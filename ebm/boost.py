@@ -23,6 +23,16 @@ VAE. Outputs (common.io, main process):
   c{k} [n_k] of E(v, h) = -b^T v - c^T h - v^T W h for k = 1..num_stages;
 - workdir/samples_stage<k>.png: ancestral samples of the stack cut at stage k (kept stages).
 
+Extensions, each switched on by its config block (absent in the plain configs):
+- config.semisup.num_labels non-empty (ebm.semisup): semi-supervised boosting. After the stack is
+  grown, a labelled Gaussian mixture p(h_n, y) per label budget is fitted on the last kept stage's
+  codes by semi-supervised EM (stages `top_l<n>`, and `top_l<n>_labelled_only`, the control), and
+  the test inputs are classified by p(y | x) under the boosted joint model, by importance
+  sampling; results.json's `semisup` block (`test_error` per budget, the runs' details).
+- config.product.enabled (ebm.product): the product of the kept stack's cuts with learned
+  exponents (stage `product`), its log normaliser by importance sampling with a standard error
+  (and by enumeration where the inputs are few); results.json's `product` block.
+
 Data: `bars_stripes` (all 2^(n+1) - 2 distinct n x n bars-and-stripes patterns, {0, 1}; training
 batches draw uniformly from them and the test set is each pattern once) or any common.data image
 dataset binarised at data.threshold. Modes: train (default) and eval (restores every stage).
@@ -43,7 +53,7 @@ from ml_collections import ConfigDict
 from common import checks, data as data_lib, io, optim, train as train_lib
 from common.errors import ConfigError
 from common.registry import Registry
-from ebm import cascade, grbm, meta
+from ebm import cascade, grbm, meta, product, semisup
 from ebm.experiment import make_mesh
 
 MODES: Registry = Registry("boost mode")
@@ -154,6 +164,25 @@ def validate(config) -> None:
   for kind in set(kinds):
     _validate_kind(config, kind)
   checks.positive(config, "num_devices", allow_zero=True)
+  if semisup_enabled(config):
+    semisup.validate(config)
+  if product_enabled(config):
+    product.validate(config)
+
+
+def semisup_enabled(config) -> bool:
+  """Whether the run adds the semi-supervised tops (config.semisup.num_labels non-empty)."""
+  block = config.get("semisup")
+  return block is not None and len(tuple(block.get("num_labels", ()))) > 0
+
+
+def product_enabled(config) -> bool:
+  """Whether the run learns the product of the stack's cuts (config.product.enabled)."""
+  block = config.get("product")
+  if block is None:
+    return False
+  checks.one_of(config, "product.enabled", (True, False))
+  return bool(block.enabled)
 
 
 def _validate_kind(config, kind: str) -> None:
@@ -389,16 +418,27 @@ def _grow(stack: Stack, get_states) -> tuple[list, list[dict]]:
   return fitted, selection
 
 
+def _run(stack: Stack, get_states, workdir: str) -> dict[str, Any]:
+  """Grows and evaluates the stack, then the extensions the config asks for (ebm.semisup: the
+  labelled tops; ebm.product: the product of the kept cuts), and exports."""
+  fitted, selection = _grow(stack, get_states)
+  results = evaluate_stack(stack, fitted, selection)
+  kept = results["num_stages"]
+  if semisup_enabled(stack.config):
+    results["semisup"] = semisup.run(stack, fitted, kept, get_states)
+  if product_enabled(stack.config):
+    results["product"] = product.run(stack, fitted[:kept], get_states)
+  export(stack, fitted, results, workdir)
+  return results
+
+
 @MODES.register("train")
 def train(config, workdir: str) -> dict[str, Any]:
   stack, mesh = Stack(config, load_data(config)), make_mesh(config)
   checks.divisible(config, "data.batch_size", mesh.size, f"the batch is split over {mesh.size} "
                    "devices")
-  fitted, selection = _grow(stack, lambda stages: train_lib.fit_stages(stages, config, workdir,
-                                                                        mesh=mesh))
-  results = evaluate_stack(stack, fitted, selection)
-  export(stack, fitted, results, workdir)
-  return results
+  return _run(stack, lambda stages: train_lib.fit_stages(stages, config, workdir, mesh=mesh),
+              workdir)
 
 
 @MODES.register("eval")
@@ -414,10 +454,7 @@ def evaluate_mode(config, workdir: str) -> dict[str, Any]:
                                        os.path.join(workdir, s.name), mesh, train=train_cfg)[0]
     return done
 
-  fitted, selection = _grow(stack, restore)
-  results = evaluate_stack(stack, fitted, selection)
-  export(stack, fitted, results, workdir)
-  return results
+  return _run(stack, restore, workdir)
 
 
 def run(config, workdir: str, mode: str = "train"):

@@ -102,10 +102,13 @@ def exact_log_z(p: BinaryRBMParams) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def _exact_hidden_draws(p: BinaryRBMParams, key: jax.Array, n: int) -> jax.Array:
-  """n exact draws of h from the hidden marginal, enumerated over the 2^m states, [n, m]."""
+  """n exact draws of h from the hidden marginal, enumerated over the 2^m states, [n, m]; by
+  inverse CDF, so memory is O(2^m + n) (jax.random.categorical would hold [n, 2^m] noise)."""
   m = p.c.shape[-1]
   states = grbm.hidden_states(0, 2 ** m, m, p.W.dtype)
-  idx = jax.random.categorical(key, rbm_log_prior(p, states, 0.0), shape=(n,))
+  cdf = jnp.cumsum(jax.nn.softmax(rbm_log_prior(p, states, 0.0)))
+  u = jax.random.uniform(key, (n,), cdf.dtype) * cdf[-1]
+  idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), 2 ** m - 1)
   return states[idx]
 
 
@@ -263,6 +266,11 @@ class FittedRBM:
     a = self.p.b + h @ self.p.W.T
     return jnp.sum(v * a - jax.nn.softplus(a), axis=-1)
 
+  def log_posterior(self, v, h):
+    """log q(h | v) of the exact factorial posterior, a = c + W^T v; [B]."""
+    a = self.posterior_logits(v)
+    return jnp.sum(h * a - jax.nn.softplus(a), axis=-1)
+
   def sample_visible(self, h, key):
     return samplers.sample_visible(self.p, key, h)
 
@@ -398,6 +406,7 @@ class FittedVAE:
                          static_argnums=3)
     self._post = jax.jit(lambda params, v: model(params).posterior(v))
     self._mean = jax.jit(lambda params, z: model(params).mean(z))
+    self._log_cond = jax.jit(lambda params, v, z: model(params).log_likelihood(v, z))
     self.decoder, self.log_sigma = model(params).decoder, model(params).log_sigma
 
   def posterior_sample(self, v, key):
@@ -429,6 +438,15 @@ class FittedVAE:
 
   def log_prior(self, h):
     return gaussian_log_prob(h, jnp.zeros_like(h), jnp.zeros_like(h))
+
+  def log_conditional(self, v, h):
+    """log p(v | z = h) of the decoder, [B]."""
+    return self._log_cond(self.params, v, h)
+
+  def log_posterior(self, v, h):
+    """log q(z = h | v) of the Gaussian encoder, [B]."""
+    mu, logvar = self._post(self.params, v)
+    return gaussian_log_prob(h, mu, 0.5 * logvar)
 
   def visible_mean(self, h):
     return self._mean(self.params, h)
@@ -462,10 +480,18 @@ def gmm_log_prob(p: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.nn.logsumexp(comp, axis=-1), comp
 
 
-def em_step(p: dict, x: jax.Array, reg: float) -> tuple[dict, jax.Array]:
+def em_step(p: dict, x: jax.Array, reg: float, log_mask: jax.Array | None = None
+            ) -> tuple[dict, jax.Array]:
   """One EM iteration (closed-form M-step, reg added to each covariance's diagonal); returns the
-  new parameters and the mean log-likelihood of x under the old ones."""
+  new parameters and the mean log-likelihood of x under the old ones.
+
+  log_mask [B, K] (0 or -inf) restricts each example's components (ebm.semisup: a labelled
+  example's responsibilities lie on its class's components); the returned value is then the mean
+  of log sum_{k allowed} p(x, k), the semi-supervised objective."""
   log_px, comp = gmm_log_prob(p, x)
+  if log_mask is not None:
+    comp = comp + log_mask
+    log_px = jax.nn.logsumexp(comp, axis=-1)
   r = jnp.exp(comp - log_px[:, None])                                               # [B, K]
   nk = jnp.sum(r, 0) + 1e-10
   means = (r.T @ x) / nk[:, None]
