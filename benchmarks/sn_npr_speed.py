@@ -3,6 +3,7 @@ state-dependent SN/NPR variances against the analytic variance at equal K.
 
   PYTHONPATH=. python benchmarks/sn_npr_speed.py              # the MNIST config's U-Net, batch 64
   PYTHONPATH=. python benchmarks/sn_npr_speed.py --quick      # fewer repeats
+  PYTHONPATH=. python benchmarks/sn_npr_speed.py --only=sample --ks=10   # one comparison, one K
 
 Model: configs/dpm/sn_npr_mnist.py (the ddpm_mnist U-Net, 0.69M parameters, with the light SN and
 NPR heads), random weights (speed does not depend on them), on main.py's default CPU device split
@@ -114,6 +115,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--ks", default="10,25")
+  parser.add_argument("--only", choices=("train", "sample"), default="",
+                      help="run one of the two comparisons (default: both)")
   args = parser.parse_args()
   _devices()
   import jax
@@ -125,14 +128,17 @@ def main() -> None:
   repeats = 5 if args.quick else 20
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; load average "
         f"{os.getloadavg()[0]:.1f}; batch {config.data.batch_size}; {repeats} steps each")
-  rows = train_steps(config, setup, repeats)
-  base = next(iter(rows.values()))
-  print("| training step | median time | first step (compile) | XLA flops | time vs stage 1 |"
-        " flops vs stage 1 |")
-  print("|---|---|---|---|---|---|")
-  for name, (t, first, flops) in rows.items():
-    print(f"| {name} | {t * 1e3:.0f} ms | {first:.1f} s | {flops:.3g} | {t / base[0]:.2f} | "
-          f"{flops / base[2]:.2f} |")
+  if args.only != "sample":
+    rows = train_steps(config, setup, repeats)
+    base = next(iter(rows.values()))
+    print("| training step | median time | first step (compile) | XLA flops | time vs stage 1 |"
+          " flops vs stage 1 |")
+    print("|---|---|---|---|---|---|")
+    for name, (t, first, flops) in rows.items():
+      print(f"| {name} | {t * 1e3:.0f} ms | {first:.1f} s | {flops:.3g} | {t / base[0]:.2f} | "
+            f"{flops / base[2]:.2f} |")
+  if args.only == "train":
+    return
   ks = [int(k) for k in args.ks.split(",")]
   out = sampling(config, setup, ks, 3 if args.quick else 5)
   print(f"\n| sampling, {config.sample.num_samples} samples, even trajectory | analytic | NPR | "
