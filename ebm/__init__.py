@@ -20,6 +20,7 @@ EXPERIMENTS: Registry[str] = Registry("ebm experiment")
 EXPERIMENTS.add("grbm", "ebm.experiment")
 EXPERIMENTS.add("fisher", "ebm.fisher")
 EXPERIMENTS.add("boost", "ebm.boost")
+EXPERIMENTS.add("deep", "ebm.deep_runner")
 
 
 def runner(config):
