@@ -83,6 +83,10 @@ def validate(config) -> None:
     return
   if s.trajectory != "dp":
     reverse.TRAJECTORIES.get(s.trajectory, field="sample.trajectory")
+  elif s.sampler == "ddim" and not s.get("eta", 0.0) > 0:
+    raise ConfigError(f"sample.trajectory='dp' with sample.sampler=ddim needs sample.eta > 0 (got "
+                      f"{s.get('eta', 0.0)!r}): the DP trajectory minimises the NLL bound, which "
+                      "the deterministic DDIM (eta = 0) does not have")
   if is_state_dependent(s.variance):
     return  # any form; dpm.second_stage.validate checks that its head is trained
   if s.variance not in analytic.VARIANCES:

@@ -167,3 +167,19 @@ def test_fid_columns_without_inception_weights_fail_at_start():
     experiment.validate(c)
   c.eval.inception_weights = "/some/weights.npz"
   experiment.validate(c)  # the file itself is checked when the report loads it
+
+
+def test_a_dp_trajectory_for_deterministic_ddim_is_refused_before_any_sampling():
+  """The DP trajectory minimises the NLL bound, which DDIM with eta = 0 does not have: validate
+  says so for sample.* and for each eval.samplers entry (not after the first rows are scored)."""
+  c = base.get_config()
+  c.sample.update(sampler="ddim", variance="analytic", trajectory="dp", eta=0.0)
+  with pytest.raises(ConfigError, match="sample.eta > 0"):
+    experiment.validate(c)
+  c.sample.eta = 0.5
+  experiment.validate(c)
+  c = base.get_config()
+  c.sample.update(trajectory="dp", eta=0.0)
+  c.eval.samplers = ("ddpm:10:analytic", "ddim:10:analytic")
+  with pytest.raises(ConfigError, match="sample.eta > 0"):
+    experiment.eval_samplers(c)
