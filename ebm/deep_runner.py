@@ -194,10 +194,6 @@ def build_posterior(config, shape, key: jax.Array) -> posteriors.GaussianConvPos
                                           rngs=nnx.Rngs(key))
 
 
-def _structure(fn: Callable[[jax.Array], nnx.Module]) -> nnx.GraphDef:
-  return nnx.split(nnx.eval_shape(lambda: fn(jax.random.key(0))))[0]
-
-
 class Parts(NamedTuple):
   """What the step, the sampler and the tests share."""
   model_def: nnx.GraphDef
@@ -210,8 +206,8 @@ class Parts(NamedTuple):
 def make_parts(config, image_shape) -> Parts:
   shape = model_shape(config, image_shape)
   num_steps = config.train.num_steps
-  return Parts(_structure(lambda k: build_model(config, shape, k)),
-               _structure(lambda k: build_posterior(config, shape, k)),
+  return Parts(experiment.structure(lambda k: build_model(config, shape, k)),
+               experiment.structure(lambda k: build_posterior(config, shape, k)),
                optim.make_optimizer(config.optim, num_steps),
                optim.make_optimizer(config.posterior_optim, num_steps), shape)
 

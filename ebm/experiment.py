@@ -265,7 +265,8 @@ def image_dataset(config) -> data_lib.Dataset:
                              train_labels=None, test_labels=None, num_classes=None)
 
 
-def _structure(fn: Callable[[jax.Array], nnx.Module]) -> nnx.GraphDef:
+def structure(fn: Callable[[jax.Array], nnx.Module]) -> nnx.GraphDef:
+  """The graphdef of the module fn(key) builds, without allocating its parameters."""
   return nnx.split(nnx.eval_shape(lambda: fn(jax.random.key(0))))[0]
 
 
@@ -274,7 +275,6 @@ def make_program(config, num_visible: int, noise: losses.GaussianNoise) -> tuple
   """The Program of config.method and the model's graphdef."""
   program, model_def, _ = build_program(config, num_visible, noise)
   return program, model_def
-
 
 
 def build_program(config, num_visible: int, noise: losses.GaussianNoise) -> tuple[
@@ -292,12 +292,12 @@ def build_program(config, num_visible: int, noise: losses.GaussianNoise) -> tupl
   tx = optim.make_optimizer(config.optim, num_steps)
   make_model = lambda key: build_model(config, num_visible, key)
   make_q = lambda key: build_posterior(config, num_visible, key)
-  model_def = _structure(make_model)
+  model_def = structure(make_model)
   with_posterior = method.kind in ("bilevel", "vages")
   step_grads = vages.vages_step_grads if method.kind == "vages" else bism.bism_step_grads
   if with_posterior:
     tx_q = optim.make_optimizer(config.posterior_optim, num_steps)
-    q_def = _structure(make_q)
+    q_def = structure(make_q)
   spec = losses.LOSSES[config.method] if method.kind == "single" else None
   pcd = config.method == "pcd1"
   batch = config.data.batch_size

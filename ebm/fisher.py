@@ -311,10 +311,6 @@ class Parts(NamedTuple):
   tx_q: optax.GradientTransformation
 
 
-def _structure(fn: Callable[[jax.Array], nnx.Module]) -> nnx.GraphDef:
-  return nnx.split(nnx.eval_shape(lambda: fn(jax.random.key(0))))[0]
-
-
 def _make_critic(config, key: jax.Array) -> Critic:
   return Critic(config.data.dim, config.critic.num_layers, config.critic.activation,
                 rngs=nnx.Rngs(key))
@@ -328,8 +324,8 @@ def _make_posterior(config, key: jax.Array) -> posteriors.LinearBernoulliPosteri
 
 def make_parts(config) -> Parts:
   num_steps = config.train.num_steps
-  return Parts(_structure(lambda k: _make_critic(config, k)),
-               _structure(lambda k: _make_posterior(config, k)),
+  return Parts(experiment.structure(lambda k: _make_critic(config, k)),
+               experiment.structure(lambda k: _make_posterior(config, k)),
                optim.make_optimizer(config.optim, num_steps),
                optim.make_optimizer(config.posterior_optim, num_steps))
 
