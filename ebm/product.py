@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 from absl import logging
 
 from common import checks, optim, train as train_lib
@@ -83,12 +84,7 @@ def proposal_pool(fitted: Sequence[Any], key: jax.Array, n: int, batch_size: int
     if len(rows):
       x[rows] = np.asarray(sample_cut(fitted[:k + 1], jax.random.fold_in(key, k + 1), len(rows)))
   logs = component_log_liks(fitted, x, batch_size)
-  return logs, _logsumexp(logs, axis=1) - math.log(num)
-
-
-def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
-  m = np.max(a, axis=axis, keepdims=True)
-  return np.squeeze(m + np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)), axis=axis)
+  return logs, logsumexp(logs, axis=1) - math.log(num)
 
 
 def is_log_z(alpha: np.ndarray, pool_logs: np.ndarray, pool_log_r: np.ndarray) -> dict[str, float]:
@@ -104,7 +100,7 @@ def is_log_z(alpha: np.ndarray, pool_logs: np.ndarray, pool_log_r: np.ndarray) -
 
 def exact_log_z(alpha: np.ndarray, all_logs: np.ndarray) -> float:
   """log Z(alpha) = logsumexp_x alpha . L(x) over every input, all_logs [2^d, K]."""
-  return float(_logsumexp(all_logs @ np.asarray(alpha, np.float64)))
+  return float(logsumexp(all_logs @ np.asarray(alpha, np.float64)))
 
 
 def program(train_logs: np.ndarray, pool_logs: np.ndarray, pool_log_r: np.ndarray, cfg,
